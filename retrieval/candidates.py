@@ -1,0 +1,261 @@
+"""Candidate generation: dense retrieval, item-to-item, co-occurrence and popularity, fused into one score."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from retrieval.catalog import Catalog, Item
+from retrieval.embedding import Embedder
+from retrieval.priors import InteractionPriors
+from retrieval.store import VectorStore
+
+# Order matters: fitted weights are stored by name, feature matrices use this order.
+FEATURES = (
+    "dense",          # cosine(preference text, item)
+    "dense_recent",   # cosine(latest request, item)
+    "item_sim_max",   # max cosine(item, liked item)
+    "item_sim_mean",  # mean cosine(item, liked items)
+    "cooc",           # sum over liked items of P(item | liked) from co-mentions
+    "follow",         # sum over liked items of P(item recommended after liked)
+    "neighbours",     # external item-item similarity (e.g. ratings CF), summed over liked items
+    "popularity",     # log popularity, scaled to 0..1
+    "rec_popularity",  # log count of times recommended as a new item, scaled to 0..1
+    "disliked_sim",   # max cosine(item, disliked item)
+)
+DEFAULT_WEIGHTS = {
+    "dense": 4.0, "dense_recent": 2.0, "item_sim_max": 2.0, "item_sim_mean": 1.0, "cooc": 2.0, "follow": 3.0,
+    "neighbours": 1.0, "popularity": 1.0, "rec_popularity": 1.0, "disliked_sim": -2.0,
+}
+
+
+class Constraints(BaseModel):
+    """Hard filters. Field names are catalog fields; string values are compared case-insensitively."""
+
+    include: dict[str, list[str]] = Field(default_factory=dict, description="field -> any of these values")
+    exclude: dict[str, list[str]] = Field(default_factory=dict, description="field -> none of these values")
+    ranges: dict[str, tuple[float | None, float | None]] = Field(
+        default_factory=dict, description="numeric field -> (min, max), either may be None"
+    )
+
+    def is_empty(self) -> bool:
+        return not (self.include or self.exclude or self.ranges)
+
+    def allows(self, item: Item) -> bool:
+        """Whether an item satisfies every constraint (items lacking a constrained field fail)."""
+        for name, wanted in self.include.items():
+            if wanted and not _values(item, name) & {w.lower() for w in wanted}:
+                return False
+        for name, unwanted in self.exclude.items():
+            if _values(item, name) & {u.lower() for u in unwanted}:
+                return False
+        for name, (low, high) in self.ranges.items():
+            value = item.numbers.get(name)
+            if value is None or (low is not None and value < low) or (high is not None and value > high):
+                return False
+        return True
+
+    def chroma_where(self, list_fields: set[str]) -> dict[str, Any] | None:
+        """The same constraints as a Chroma ``where`` filter (pre-filtering the dense search)."""
+        clauses: list[dict[str, Any]] = []
+        for name, wanted in self.include.items():
+            values = [w.lower() for w in wanted]
+            if not values:
+                continue
+            if name in list_fields:
+                ors = [{name: {"$contains": v}} for v in values]
+                clauses.append(ors[0] if len(ors) == 1 else {"$or": ors})
+            else:
+                clauses.append({name: {"$in": values}})
+        for name, unwanted in self.exclude.items():
+            for value in (u.lower() for u in unwanted):
+                clauses.append({name: {"$not_contains": value}} if name in list_fields else {name: {"$ne": value}})
+        for name, (low, high) in self.ranges.items():
+            if low is not None:
+                clauses.append({name: {"$gte": low}})
+            if high is not None:
+                clauses.append({name: {"$lte": high}})
+        if not clauses:
+            return None
+        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _values(item: Item, name: str) -> set[str]:
+    if name in item.lists:
+        return {v.lower() for v in item.lists[name]}
+    if name in item.text:
+        return {item.text[name].lower()}
+    return set()
+
+
+class Preferences(BaseModel):
+    """What is known about the user, as far as candidate generation is concerned."""
+
+    text: str = Field(default="", description="The user's wishes in words (the conversation so far).")
+    recent: str = Field(default="", description="The latest request, weighted on its own.")
+    liked: list[str] = Field(default_factory=list, description="Item ids the user likes, oldest first.")
+    disliked: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list, description="Item ids never to return (shown, mentioned).")
+    constraints: Constraints = Field(default_factory=Constraints)
+
+
+@dataclass
+class Candidate:
+    """One candidate item with its fused score and the value of every signal."""
+
+    item_id: str
+    title: str
+    score: float
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.item_id, "title": self.title, "score": round(self.score, 6),
+                "signals": {k: round(v, 6) for k, v in self.signals.items()}}
+
+
+class CandidateGenerator:
+    """Top-N catalog items for a user's preferences, with a score per signal and a fused score.
+
+    The dense signal comes from a Chroma query (with the hard constraints as a ``where`` filter); the pool is
+    widened with neighbours of liked items, co-occurring items and popular items, and every pooled item gets
+    all signals from the catalog vectors held in memory.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: VectorStore,
+        embedder: Embedder,
+        priors: InteractionPriors | None = None,
+        weights: dict[str, float] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.embedder = embedder
+        self.priors = priors or InteractionPriors()
+        self.weights = dict(DEFAULT_WEIGHTS)
+        self.weights.update(self.priors.weights or {})
+        self.weights.update(weights or {})
+        self._matrix: np.ndarray | None = None
+        self._row: dict[str, int] = {}
+        self.list_fields = {name for item in catalog for name in item.lists}
+        pops = self.priors.popularity
+        self._popular = sorted(pops, key=lambda i: -pops[i])[:200]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """All item vectors (rows in ``catalog`` order), read once from the vector store."""
+        if self._matrix is None:
+            ids, vectors = self.store.vectors(self.catalog.name)
+            order = {item_id: i for i, item_id in enumerate(ids)}
+            missing = [i for i in self.catalog.ids if i not in order]
+            if missing:
+                raise RuntimeError(f"{len(missing)} items of {self.catalog.name!r} are not indexed; re-index it")
+            self._matrix = vectors[[order[i] for i in self.catalog.ids]]
+            self._row = {item_id: n for n, item_id in enumerate(self.catalog.ids)}
+        return self._matrix
+
+    def encode_query(self, text: str) -> np.ndarray | None:
+        return self.embedder.encode_one(text) if text.strip() else None
+
+    def candidates(self, prefs: Preferences, k: int = 100) -> list[Candidate]:
+        """The top ``k`` allowed items, best first."""
+        pool, query, recent = self._pool(prefs, k)
+        if not pool:
+            return []
+        features = self.features(pool, prefs, query, recent)
+        w = np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float32)
+        scores = features @ w
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [
+            Candidate(pool[i], self.catalog[pool[i]].title, float(scores[i]),
+                      dict(zip(FEATURES, features[i].tolist(), strict=True)))
+            for i in order
+        ]
+
+    def _pool(self, prefs: Preferences, k: int) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
+        matrix = self.matrix
+        blocked = set(prefs.exclude) | set(prefs.disliked) | set(prefs.liked)
+        constraints = prefs.constraints
+        where = constraints.chroma_where(self.list_fields)
+        wide = k * 3 + len(blocked)
+        pool: dict[str, None] = {}
+        query = self.encode_query(prefs.text)
+        recent = self.encode_query(prefs.recent) if prefs.recent.strip() else None
+        for vector in (query, recent):
+            if vector is not None:
+                pool.update(dict.fromkeys(i for i, _ in self.store.query(self.catalog.name, vector, wide, where)))
+        liked = [i for i in prefs.liked if i in self._row][-5:]
+        if liked:
+            # Embedding neighbours of the most recent liked items, from the in-memory matrix.
+            sims = matrix @ matrix[[self._row[i] for i in liked]].T
+            top = np.argsort(-sims.max(axis=1))[: k * 2]
+            pool.update(dict.fromkeys(self.catalog.items[j].id for j in top))
+        for source in (self.priors.cooc, self.priors.follow, self.priors.neighbours):
+            for liked_id in prefs.liked:
+                pool.update(dict.fromkeys(source.get(liked_id, {})))
+        pool.update(dict.fromkeys(self._popular))
+        if query is None and recent is None and not liked:
+            # Nothing to go on but constraints: fall back to popular items, then catalog order.
+            pool.update(dict.fromkeys(self.catalog.ids[: k * 3]))
+        allowed = []
+        for item_id in pool:
+            item = self.catalog.get(item_id)
+            if item is None or item_id in blocked:
+                continue
+            if constraints.is_empty() or constraints.allows(item):
+                allowed.append(item_id)
+        if len(allowed) < k and not constraints.is_empty():
+            # Constraints can empty the pool: scan the catalog for allowed items.
+            seen = set(allowed)
+            allowed += [i.id for i in self.catalog if i.id not in seen and i.id not in blocked
+                        and constraints.allows(i)][: k * 3]
+        return allowed, query, recent
+
+    def features(
+        self, pool: Sequence[str], prefs: Preferences, query: np.ndarray | None, recent: np.ndarray | None
+    ) -> np.ndarray:
+        """The (len(pool), len(FEATURES)) signal matrix."""
+        matrix = self.matrix
+        rows = [self._row[i] for i in pool]
+        vectors = matrix[rows]
+        out = np.zeros((len(pool), len(FEATURES)), dtype=np.float32)
+        col = {name: n for n, name in enumerate(FEATURES)}
+        if query is not None:
+            out[:, col["dense"]] = vectors @ query
+        if recent is not None:
+            out[:, col["dense_recent"]] = vectors @ recent
+        elif query is not None:
+            out[:, col["dense_recent"]] = out[:, col["dense"]]
+        liked = [i for i in prefs.liked if i in self._row]
+        if liked:
+            sims = vectors @ matrix[[self._row[i] for i in liked]].T
+            out[:, col["item_sim_max"]] = sims.max(axis=1)
+            out[:, col["item_sim_mean"]] = sims.mean(axis=1)
+        disliked = [i for i in prefs.disliked if i in self._row]
+        if disliked:
+            out[:, col["disliked_sim"]] = (vectors @ matrix[[self._row[i] for i in disliked]].T).max(axis=1)
+        priors = self.priors
+        pops = priors.popularity
+        max_pop, max_rec = priors.max_log_popularity(), priors.max_log_rec_popularity()
+        index = {item_id: n for n, item_id in enumerate(pool)}
+        for liked_id in liked:
+            norm = 1.0 / (pops.get(liked_id, 0.0) + 1.0)
+            for name, source in (("cooc", priors.cooc), ("follow", priors.follow)):
+                for other, count in source.get(liked_id, {}).items():
+                    n = index.get(other)
+                    if n is not None:
+                        out[n, col[name]] += count * norm
+            for other, sim in priors.neighbours.get(liked_id, {}).items():
+                n = index.get(other)
+                if n is not None:
+                    out[n, col["neighbours"]] += sim
+        for n, item_id in enumerate(pool):
+            out[n, col["popularity"]] = math.log1p(pops.get(item_id, 0.0)) / max_pop
+            out[n, col["rec_popularity"]] = math.log1p(priors.rec_popularity.get(item_id, 0.0)) / max_rec
+        return out

@@ -1,0 +1,62 @@
+"""The one typed settings object of recchat; nothing else reads environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration, read from ``RECCHAT_*`` environment variables.
+
+    Unknown ``RECCHAT_*`` variables are rejected, so a typo fails at start-up instead of being ignored.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RECCHAT_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(default=Path(".recchat"), description="Where indexes, catalogs and sessions live.")
+    chroma_url: str = Field(default="", description="Chroma server URL; empty means embedded PersistentClient.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_catalog: str = "movies"
+    embedding_model: str = Field(default="", description="Sentence-transformer folder; empty = all-MiniLM-L6-v2.")
+    embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    candidates: int = Field(default=100, ge=1, le=5000, description="Candidates returned by default.")
+    lm_model: str = Field(default="", description="Causal LM folder (or GGUF file); empty = SmolLM2-135M-Instruct.")
+    adapter: str = Field(default="", description="LoRA adapter folder; empty = the shipped one; 'none' = base LM.")
+    rank_candidates: int = Field(default=20, ge=0, le=200, description="Candidates the LM re-ranks (0 = off).")
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("chroma_url must start with http:// or https:// (or be empty for embedded)")
+        return value.rstrip("/")
+
+    def resolved_device(self) -> str:
+        """``cuda`` when asked for or when ``auto`` finds a GPU, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        import torch  # heavy: only when a model is about to be loaded
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _reject_unknown_env() -> None:
+    import os
+
+    known = {f"RECCHAT_{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(k for k in os.environ if k.startswith("RECCHAT_") and k not in known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    _reject_unknown_env()
+    return Settings()

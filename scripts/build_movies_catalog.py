@@ -1,0 +1,144 @@
+"""Regenerate the bundled demo catalog ``movies`` and its priors from ../shared/datasets.
+
+    python scripts/build_movies_catalog.py [--shared ../shared/datasets] [--skip-weights]
+
+Writes ``retrieval/data/movies.jsonl.gz`` (the ReDial movie catalog, 6,924 items, normalised) and
+``retrieval/data/movies.priors.json.gz`` (popularity and co-occurrence from the ReDial train-split
+conversations, MovieLens item-item neighbours, and fusion weights fitted on those conversations).
+The ReDial official test split is never read except to assert that no test conversation is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retrieval.catalog import Catalog, load_catalog  # noqa: E402
+from retrieval.dialogs import Dialog, read_dialogs  # noqa: E402
+from retrieval.priors import InteractionPriors  # noqa: E402
+
+KEEP = ("genre", "plot", "director", "writer", "star")
+TRAIN_FILES = ("kgsf_valid_data.jsonl", "cfcrs_valid_data.jsonl", "kepler_subset_train_data.jsonl",
+               "kepler_subset_valid_data.jsonl")
+
+
+def slim_catalog(shared: Path, out_dir: Path) -> tuple[Catalog, dict[str, str]]:
+    """The ReDial catalog with display/search fields only; returns it and redial id -> MovieLens id."""
+    rows, movielens = [], {}
+    with open(shared / "redial/catalog/redial_catalog_merged.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            raw = json.loads(line)
+            row = {"id": raw["redial_id"], "title": raw["title"]}
+            row.update({k: raw[k] for k in KEEP if raw.get(k)})
+            if raw.get("movielens_tags"):
+                row["tags"] = raw["movielens_tags"][:10]
+            if raw.get("movielens_id"):
+                movielens[raw["redial_id"]] = raw["movielens_id"]
+            rows.append(row)
+    tmp = out_dir / "movies.jsonl"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    catalog = load_catalog(tmp, "movies")
+    tmp.unlink()
+    return catalog, movielens
+
+
+def train_dialogs(shared: Path, catalog: Catalog) -> list[Dialog]:
+    """The union of the ReDial train-split files, de-duplicated by conversation id, test ids excluded."""
+    test_ids = {str(json.loads(line)["conversationId"])
+                for line in open(shared / "redial/official/test_data.jsonl", encoding="utf-8")}
+    seen: dict[str, Dialog] = {}
+    for name in TRAIN_FILES:
+        for dialog in read_dialogs(shared / "redial/partial_train" / name, catalog, "redial").dialogs:
+            seen.setdefault(dialog.id, dialog)
+    leaked = test_ids & set(seen)
+    if leaked:
+        raise SystemExit(f"test-split conversations in the training files: {sorted(leaked)[:5]}")
+    return list(seen.values())
+
+
+def movielens_neighbours(shared: Path, movielens: dict[str, str], top: int = 30,
+                         min_sim: float = 0.1) -> dict[str, dict[str, float]]:
+    """Item-item cosine similarity of mean-centred MovieLens ratings, for catalog items linked to it."""
+    by_ml = defaultdict(list)
+    for item_id, ml in movielens.items():
+        by_ml[ml].append(item_id)
+    users: dict[str, int] = {}
+    movies: dict[str, int] = {}
+    entries = []
+    with open(shared / "movielens/ratings.csv", encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            user, movie, rating, _ = line.split(",")
+            if movie in by_ml:
+                entries.append((users.setdefault(user, len(users)), movies.setdefault(movie, len(movies)),
+                                float(rating)))
+    matrix = np.zeros((len(movies), len(users)), dtype=np.float32)
+    for u, m, r in entries:
+        matrix[m, u] = r
+    rated = matrix > 0
+    means = matrix.sum(axis=0) / np.maximum(rated.sum(axis=0), 1)
+    centred = np.where(rated, matrix - means, 0.0)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    unit = centred / np.maximum(norms, 1e-6)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, 0.0)
+    counts = rated.astype(np.float32) @ rated.astype(np.float32).T
+    sims *= np.minimum(counts / 5.0, 1.0)  # shrink similarities backed by few common raters
+    names = {i: m for m, i in movies.items()}
+    out: dict[str, dict[str, float]] = {}
+    for row in range(len(movies)):
+        best = np.argsort(-sims[row])[:top]
+        neighbours = {}
+        for col in best:
+            if sims[row, col] < min_sim:
+                break
+            for other in by_ml[names[col]]:
+                neighbours[other] = round(float(sims[row, col]), 4)
+        for item_id in by_ml[names[row]]:
+            if neighbours:
+                out[item_id] = neighbours
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--out", type=Path, default=ROOT / "retrieval" / "data")
+    parser.add_argument("--skip-weights", action="store_true", help="keep default fusion weights")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    catalog, movielens = slim_catalog(args.shared, args.out)
+    catalog.save_jsonl(args.out / "movies.jsonl.gz")
+    print(f"catalog: {len(catalog)} items", file=sys.stderr)
+
+    dialogs = train_dialogs(args.shared, catalog)
+    priors = InteractionPriors.from_dialogs(dialogs, source="ReDial train-split conversations (2,270 known here)")
+    priors.neighbours = movielens_neighbours(args.shared, movielens)
+    print(f"priors: {priors.dialogs} dialogs, {len(priors.popularity)} items mentioned, "
+          f"{len(priors.neighbours)} items with MovieLens neighbours", file=sys.stderr)
+
+    if not args.skip_weights:
+        from retrieval.fusion import fit_weights
+        from retrieval.index import Library
+        from retrieval.settings import Settings
+
+        with tempfile.TemporaryDirectory() as tmp:
+            library = Library(Settings(data_dir=Path(tmp)))
+            library.add(catalog)
+            priors.weights = fit_weights(dialogs, catalog, library.store, library.embedder, priors.neighbours)
+        print(f"fusion weights: {priors.weights}", file=sys.stderr)
+    priors.save(args.out / "movies.priors.json.gz")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Shared fixtures: real small parts loaded once per test session, a fresh data directory per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+for name, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                    "GRADIO_ANALYTICS_ENABLED": "False", "ANONYMIZED_TELEMETRY": "False"}.items():
+    os.environ.setdefault(name, value)
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own data directory, also for the CLI it spawns."""
+    from retrieval.settings import get_settings
+
+    path = tmp_path / "recchat-data"
+    for key in list(os.environ):
+        if key.startswith("RECCHAT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("RECCHAT_DATA_DIR", str(path))
+    get_settings.cache_clear()
+    yield path
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def embedder():  # noqa: ANN201 - retrieval.embedding.Embedder
+    """The real all-MiniLM-L6-v2, loaded once."""
+    from retrieval.embedding import Embedder
+
+    model = Embedder()
+    model.encode(["warm up"])
+    return model
+
+
+@pytest.fixture
+def settings(data_dir: Path):  # noqa: ANN201
+    from retrieval.settings import Settings
+
+    return Settings(data_dir=data_dir)
+
+
+@pytest.fixture
+def library(settings, embedder):  # noqa: ANN001, ANN201
+    from retrieval.index import Library
+
+    return Library(settings, embedder=embedder, log=lambda message: None)
+
+
+@pytest.fixture
+def movies_small(library):  # noqa: ANN001, ANN201
+    """A 49-movie slice of the ReDial catalog, indexed in the test's own Chroma."""
+    from retrieval.catalog import load_catalog
+
+    catalog = load_catalog(DATA / "movies_small.jsonl", "movies_small")
+    library.add(catalog, progress=False)
+    return catalog
+
+
+@pytest.fixture
+def products(library):  # noqa: ANN001, ANN201
+    from retrieval.catalog import load_catalog
+
+    catalog = load_catalog(DATA / "products.csv", "products")
+    library.add(catalog, progress=False)
+    return catalog
+
+
+def shared_or_skip(relative: str) -> Path:
+    """A file under ../shared/datasets, or skip the test with a clear message."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"dataset not available: {path} (../shared/datasets is absent)")
+    return path

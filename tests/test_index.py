@@ -1,0 +1,67 @@
+"""Indexing into real Chroma with the real embedding model: incremental updates, several catalogs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retrieval.catalog import CatalogError, load_catalog
+from retrieval.index import Library
+from tests.conftest import DATA
+
+
+def test_incremental_reindex(library: Library, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (DATA / "movies_small.jsonl").read_text().splitlines()]
+    path = tmp_path / "films.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
+    first = library.add(load_catalog(path), progress=False)
+    assert (first.embedded, first.unchanged, first.removed) == (10, 0, 0)
+
+    again = library.add(load_catalog(path), progress=False)
+    assert (again.embedded, again.unchanged, again.removed) == (0, 10, 0)
+
+    rows[0]["plot"] = "A changed plot."
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:9]) + json.dumps(rows[20]) + "\n")
+    changed = library.add(load_catalog(path), progress=False)
+    # item 0 changed, item 9 removed, item 20 added
+    assert (changed.embedded, changed.unchanged, changed.removed) == (2, 8, 1)
+    assert library.store.count("films") == 10
+    assert rows[9]["id"] not in library.store.hashes("films")
+
+
+def test_catalogs_coexist_and_reload(library: Library, movies_small, products, settings, embedder) -> None:  # noqa: ANN001
+    assert library.store.count("movies_small") == 49
+    assert library.store.count("products") == 20
+    fresh = Library(settings, embedder=embedder, log=lambda m: None)
+    assert {"movies_small", "products", "movies"} <= set(fresh.names())
+    assert len(fresh.catalog("products")) == 20
+
+
+def test_metadata_is_filterable(library: Library, products) -> None:  # noqa: ANN001
+    vector = library.embedder.encode_one("phone")
+    cheap = library.store.query("products", vector, 20, {"price": {"$lte": 300}})
+    assert cheap and all(products[i].numbers["price"] <= 300 for i, _ in cheap)
+    rugged = library.store.query("products", vector, 20, {"tags": {"$contains": "rugged"}})
+    assert {i for i, _ in rugged} == {"p-001", "p-005", "p-018"}
+
+
+def test_unknown_catalog_is_a_clear_error(library: Library) -> None:
+    with pytest.raises(CatalogError, match="unknown catalog 'nope'"):
+        library.catalog("nope")
+
+
+def test_bundled_catalog_indexes_on_first_use(settings, embedder, tmp_path: Path) -> None:  # noqa: ANN001
+    """The bundled-catalog path, with a small catalog standing in for the 6,924-movie one."""
+    bundled = tmp_path / "bundled"
+    load_catalog(DATA / "movies_small.jsonl", "demo").save_jsonl(bundled / "demo.jsonl.gz")
+    messages: list[str] = []
+    library = Library(settings, embedder=embedder, log=messages.append, bundled_dir=bundled)
+    catalog = library.catalog("demo")
+    assert len(catalog) == 49
+    assert any("First use" in m for m in messages)
+    assert library.store.count("demo") == 49
+    messages.clear()
+    again = Library(settings, embedder=embedder, log=messages.append, bundled_dir=bundled)
+    assert len(again.catalog("demo")) == 49 and messages == []  # no second indexing
