@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,13 +13,14 @@ from retrieval.cli import fail
 from retrieval.settings import get_settings
 
 
-class RecommenderName(str, Enum):
+class RecommenderName(StrEnum):
     popularity = "popularity"
     retrieval = "retrieval"
     full = "full"
+    full_without_lm = "full-without-lm"
 
 
-class FormatName(str, Enum):
+class FormatName(StrEnum):
     auto = "auto"
     neutral = "neutral"
     redial = "redial"
@@ -57,7 +58,12 @@ def evaluate(
     elif recommender is RecommenderName.retrieval:
         rec = RetrievalRecommender(library.generator(cat.name))
     else:
-        raise fail("the 'full' recommender (dialogue manager with LM ranking) is not available yet", 2)
+        from chatbot.service import Chatbot
+        from eval.recommend import FullRecommender
+
+        use_lm = recommender is RecommenderName.full
+        bot = Chatbot(get_settings(), library=library, use_lm=use_lm)
+        rec = FullRecommender(bot.dialogue, cat.name, use_lm=use_lm)
     report = evaluate_recommender(rec, read.dialogs, dataset=str(dialogs), unresolved=read.unresolved,
                                   limit=limit)
     typer.echo(format_report(report))
@@ -67,5 +73,86 @@ def evaluate(
         typer.echo(f"report written to {out}")
 
 
+class JustifierName(StrEnum):
+    template = "template"
+    lm = "lm"
+
+
+def evaluate_justifications(
+    dialogs: Annotated[Path, typer.Option(help="E-ReDial explanations JSON.")],
+    catalog: Annotated[str | None, typer.Option(help="Catalog name (default from settings).")] = None,
+    justifier: Annotated[JustifierName, typer.Option(help="Which justifier.")] = JustifierName.lm,
+    limit: Annotated[int | None, typer.Option(min=1, help="First N cases only.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Justification quality on E-ReDial: BLEU-2, ROUGE-L, Distinct-2, unsupported claims, personal share."""
+    from chatbot.justify import TemplateJustifier
+
+    from chatbot.service import Chatbot
+    from eval.justification import evaluate_justifier, format_justification_report, read_e_redial
+    from retrieval.catalog import CatalogError
+
+    if not dialogs.is_file():
+        raise fail(f"file not found: {dialogs}")
+    use_lm = justifier is JustifierName.lm
+    try:
+        bot = Chatbot(get_settings(), use_lm=use_lm)
+        tools = bot.dialogue.tools(catalog or get_settings().default_catalog)
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+    cases, skipped = read_e_redial(dialogs)
+    if limit is not None:
+        cases = cases[:limit]
+    chosen = tools.justifier if use_lm else TemplateJustifier()
+    report = evaluate_justifier(chosen, justifier.value, bot.dialogue, tools.catalog.name, cases, skipped,
+                                str(dialogs))
+    typer.echo(format_justification_report(report))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"report written to {out}")
+
+
+def evaluate_scripts(
+    paths: Annotated[list[Path], typer.Argument(help="YAML scripts or folders of them.")],
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here.")] = None,
+    no_lm: Annotated[bool, typer.Option("--no-lm", help="Retrieval and templates only.")] = False,
+) -> None:
+    """Run scripted dialogues through the real chatbot and check every expectation."""
+    from chatbot.service import Chatbot
+    from eval.scripts import ScriptError, collect_scripts, junit_xml, run_script
+
+    try:
+        scripts = collect_scripts(paths)
+    except ScriptError as exc:
+        raise fail(str(exc), 2) from None
+    if not scripts:
+        raise fail("no scripts found", 2)
+    bot = Chatbot(get_settings(), use_lm=not no_lm)
+    results = []
+    for path in scripts:
+        result = run_script(bot, path)
+        results.append(result)
+        mark = typer.style("PASS", fg=typer.colors.GREEN) if result.passed else typer.style("FAIL", fg=typer.colors.RED)
+        typer.echo(f"{mark} {result.name} ({result.seconds:.1f} s)")
+        if result.error:
+            typer.echo(f"     error: {result.error}")
+        for check in result.checks:
+            if not check.passed:
+                typer.echo(f"     turn {check.turn} {check.name}: {check.detail}")
+    checks = [c for r in results for c in r.checks]
+    passed = sum(c.passed for c in checks)
+    failed_scripts = sum(not r.passed for r in results)
+    typer.echo(f"{len(results) - failed_scripts}/{len(results)} scripts passed; "
+               f"{passed}/{len(checks)} expectations met")
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_xml(results), encoding="utf-8")
+    if failed_scripts:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate)
+    app.command("eval-justify")(evaluate_justifications)
+    app.command("eval-script")(evaluate_scripts)

@@ -102,6 +102,9 @@ class Preferences(BaseModel):
     disliked: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list, description="Item ids never to return (shown, mentioned).")
     constraints: Constraints = Field(default_factory=Constraints)
+    vector: list[float] | None = Field(
+        default=None, description="A dense preference vector (item-embedding space) used instead of encoding text."
+    )
 
 
 @dataclass
@@ -160,6 +163,12 @@ class CandidateGenerator:
             self._row = {item_id: n for n, item_id in enumerate(self.catalog.ids)}
         return self._matrix
 
+    @property
+    def row_of(self) -> dict[str, int]:
+        """Item id -> row of `matrix`."""
+        _ = self.matrix
+        return self._row
+
     def encode_query(self, text: str) -> np.ndarray | None:
         return self.embedder.encode_one(text) if text.strip() else None
 
@@ -185,7 +194,10 @@ class CandidateGenerator:
         where = constraints.chroma_where(self.list_fields)
         wide = k * 3 + len(blocked)
         pool: dict[str, None] = {}
-        query = self.encode_query(prefs.text)
+        if prefs.vector is not None and len(prefs.vector) == matrix.shape[1]:
+            query = np.asarray(prefs.vector, dtype=np.float32)
+        else:
+            query = self.encode_query(prefs.text)
         recent = self.encode_query(prefs.recent) if prefs.recent.strip() else None
         for vector in (query, recent):
             if vector is not None:

@@ -163,11 +163,12 @@ def _read_redial(path: Path, catalog: Catalog) -> ReadResult:
             text = message["text"]
             items: list[str] = []
 
-            def replace(match: re.Match[str], items: list[str] = items) -> str:
+            def replace(match: re.Match[str], items: list[str] = items, mentions: dict[str, str] = mentions,
+                        conversation: str = str(record["conversationId"])) -> str:
                 ref = match.group(1)
                 item = catalog.get(ref)
                 if item is None:
-                    result.note_unresolved(f"{record['conversationId']}: @{ref}")
+                    result.note_unresolved(f"{conversation}: @{ref}")
                     name = mentions.get(ref)
                     return " ".join(name.split()) if name else match.group(0)
                 items.append(ref)

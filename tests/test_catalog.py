@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.catalog import CatalogError, Catalog, load_catalog, parse_number, safe_name
+from retrieval.catalog import Catalog, CatalogError, load_catalog, parse_number, safe_name
 from tests.conftest import DATA, shared_or_skip
 
 

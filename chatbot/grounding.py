@@ -1,0 +1,247 @@
+"""Fact check of a justification against one item's record and the user's own words.
+
+A *claim* is a piece of text that states a checkable fact: a number (years, prices, ratings, sizes),
+a term of the catalog's vocabulary (genres, people, brands, tags ... whatever list values and short
+strings the catalog has), the title of a catalog item, or a capitalised multi-word name. A claim is
+*supported* when the item's record (title, field names, text, list values, numbers) or the user's
+own words contain it; numbers are compared numerically, so ``$1,299.99``, ``1299.99`` and
+``$1,300`` (rounded) all match a record price of 1299.99.
+
+The check is deliberately one-sided: it never proves a sentence true, but it catches the usual
+inventions of a small LM (a wrong year, an actor from another film, another item's title).
+
+>>> checker = GroundingChecker(catalog)  # doctest: +SKIP
+>>> checker.unsupported_claims("Heat (1995) stars Tom Hanks.", catalog["176314"])  # doctest: +SKIP
+['Tom Hanks']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from retrieval.catalog import MAX_SHORT_STRING, Catalog, Item
+
+# Words that are never claims on their own: function words, pronouns, sentence starters, days,
+# months and generic words of recommendations. Vocabulary values equal to one of them are dropped
+# and capitalised runs are split at them.
+COMMON_WORDS = frozenset("""
+a about above after again against all also although always am an and another any are as at be because been
+before being below between both but by can could did do does doing done down during each either else enough
+even ever every few for from further had has have having he her here hers herself him himself his how however
+i if in into is it its itself just least less let like likes liked loved loves many may me might mine more
+most much must my myself neither no nor not now of off on once one only or other our ours ourselves out over
+own perhaps quite rather really same she should since so some such than that the their theirs them
+themselves then there these they this those though through thus to too under until up upon us very was we
+were what whatever when where whether which while who whom whose why will with within without would yet you
+your yours yourself yourselves hello hi hey yes yeah ok okay please thanks thank sure well oh wow
+love enjoy enjoys enjoyed want wants wanted watch watched see seen try tried fit fits suits suit pick
+recommend recommended recommendation recommendations suggest suggestion choice option
+good great best better nice fine fun cool new old big small little lot lots kind kinds sort type types
+movie movies film films show shows series book books item items product products thing things something
+story stories one ones two three first second last next part way time times day days year years people
+monday tuesday wednesday thursday friday saturday sunday january february march april june july august
+september october november december
+acting actor actors actress actresses cast character characters plot script dialogue dialog music soundtrack
+score ending twist scene scenes performance performances visual visuals atmosphere style humor humour
+funny interesting entertaining amazing awesome beautiful classic favorite favourite original quality value
+""".split())
+# Identifier-like fields are never stated in prose; their values would only add noise.
+_ID_FIELD_RE = re.compile(r"(^|_)(id|ids|url|urls|link|links|image|images|sku|asin|isbn)$", re.IGNORECASE)
+_YEAR_SUFFIX_RE = re.compile(r"\s*\((?:1[89]\d\d|20\d\d)\)\s*$")
+_NUMBER_RE = re.compile(
+    r"(?<![\w.,])(?:(?P<cur>[$€£¥])\s?)?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    r"(?P<decade>s\b)?(?P<scale>\s*/\s*\d+(?:\.\d+)?)?"
+)
+_NAME_WORD = r"(?:[A-Z][A-Za-z'’\-]+|[A-Z]\.)"
+_NAME_RE = re.compile(rf"{_NAME_WORD}(?:\s+{_NAME_WORD})+")
+_TOKEN_RE = re.compile(r"[^\W_]+")
+_POSSESSIVE_RE = re.compile(r"['’]s\b")
+_MAX_TERM_WORDS = 12
+
+
+def normalise(text: str) -> str:
+    """Lower-case words separated by single spaces: ``"Sci-Fi, Ocean's"`` -> ``"sci fi ocean"``."""
+    return " ".join(_TOKEN_RE.findall(_POSSESSIVE_RE.sub("", text.lower())))
+
+
+def _cased_tokens(text: str) -> list[str]:
+    return _TOKEN_RE.findall(_POSSESSIVE_RE.sub("", text))
+
+
+def _ngrams(tokens: Sequence[str], max_n: int) -> Iterable[str]:
+    for n in range(1, max_n + 1):
+        for start in range(len(tokens) - n + 1):
+            yield " ".join(tokens[start:start + n])
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    """Whole-word containment of normalised texts (both already normalised)."""
+    return bool(needle) and f" {needle} " in f" {haystack} "
+
+
+def stem(word: str) -> str:
+    """Crude plural folding so that 'comedies'/'comedy' and 'thrillers'/'thriller' compare equal."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("s", "x", "ch", "sh")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def record_text(item: Item) -> str:
+    """Everything an item's record says, as one text (numbers excluded: they are compared numerically)."""
+    parts = [item.title]
+    parts += [name.replace("_", " ") for name in (*item.text, *item.lists, *item.numbers)]
+    parts += item.text.values()
+    for values in item.lists.values():
+        parts += values
+    return "\n".join(parts)
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every number written in a text (currency signs and thousands separators understood)."""
+    return [float(m.group("num").replace(",", "")) for m in _NUMBER_RE.finditer(text)]
+
+
+def _number_matches(claim: str, value: float, known: Iterable[float]) -> bool:
+    decimals = len(claim.split(".", 1)[1]) if "." in claim else 0
+    for number in known:
+        if abs(number - value) <= 1e-6 * max(1.0, abs(value)) or round(number, decimals) == value:
+            return True
+    return False
+
+
+class GroundingChecker:
+    """Finds claims in a text that neither an item's record nor the user's words support.
+
+    Built once per catalog: it collects the catalog's vocabulary (list values and short string values,
+    lower-cased, minus common words and identifier fields) and all titles, so that it knows which words
+    are facts about *some* item.
+    """
+
+    def __init__(self, catalog: Catalog | Iterable[Item]) -> None:
+        self.vocabulary: dict[str, str] = {}
+        self.titles: dict[str, str] = {}
+        self.short_titles: dict[str, str] = {}
+        for item in catalog:
+            self._add_title(item.title)
+            for name, value in item.attribute_values():
+                if not _ID_FIELD_RE.search(name):
+                    self._add_term(value)
+
+    def _add_term(self, value: str) -> None:
+        key = normalise(value)
+        words = key.split()
+        if not words or len(words) > _MAX_TERM_WORDS or len(value) > MAX_SHORT_STRING:
+            return
+        if len(key) < 3 or all(w in COMMON_WORDS or w.isdigit() for w in words):
+            return
+        if _NUMBER_RE.fullmatch(value.strip().lstrip("'’")):
+            return  # numbers and decades ("1990s") are compared numerically instead
+        self.vocabulary.setdefault(key, value)
+
+    def _add_title(self, title: str) -> None:
+        key = normalise(title)
+        if key and len(key.split()) <= _MAX_TERM_WORDS:
+            self.titles.setdefault(key, title)
+        # Without its year a title is matched only in its own capitalisation and when it has two or
+        # more words, one of them uncommon: "Home Alone" is a claim, "heat" or "get out" are not.
+        short = _cased_tokens(_YEAR_SUFFIX_RE.sub("", title))
+        if 2 <= len(short) <= _MAX_TERM_WORDS and short[0][:1].isupper() and any(
+            w.lower() not in COMMON_WORDS for w in short
+        ):
+            self.short_titles.setdefault(" ".join(short), title)
+
+    def claims(self, text: str) -> list[tuple[str, str]]:
+        """All checkable claims of a text as (kind, text) pairs; kind is number, decade, term, title or name."""
+        found: list[tuple[str, str]] = []
+        for match in _NUMBER_RE.finditer(text):
+            if re.search(r"\bout of\s*$", text[: match.start()], re.IGNORECASE):
+                continue  # "4.5 out of 5": the scale is not a claim
+            if match.group("decade"):
+                found.append(("decade", match.group("num") + "s"))
+            else:
+                found.append(("number", (match.group("cur") or "") + match.group("num")))
+        tokens = normalise(text).split()
+        for gram in _ngrams(tokens, _MAX_TERM_WORDS):
+            if gram in self.titles:
+                found.append(("title", self.titles[gram]))
+            if gram in self.vocabulary:
+                found.append(("term", self.vocabulary[gram]))
+        for gram in _ngrams(_cased_tokens(text), _MAX_TERM_WORDS):
+            if gram in self.short_titles:
+                found.append(("title", gram))
+        for match in _NAME_RE.finditer(text):
+            found += [("name", name) for name in _name_runs(match.group(0))]
+        return list(dict.fromkeys(found))
+
+    def unsupported_claims(self, text: str, item: Item, user_text: str = "") -> list[str]:
+        """Claims in ``text`` supported neither by ``item``'s record nor by ``user_text`` (deduplicated).
+
+        >>> checker.unsupported_claims("A 2003 film with Tom Hanks", heat)  # doctest: +SKIP
+        ['2003', 'Tom Hanks']
+        """
+        record = record_text(item)
+        support = normalise(record) + " \n " + normalise(user_text)
+        known_numbers = [*item.numbers.values(), *numbers_in(record), *numbers_in(user_text)]
+        out: dict[str, str] = {}
+        for kind, claim in self.claims(text):
+            if kind == "number":
+                ok = _number_matches(claim.lstrip("$€£¥"), float(claim.lstrip("$€£¥").replace(",", "")),
+                                     known_numbers)
+            elif kind == "decade":
+                ok = _decade_supported(int(claim[:-1]), known_numbers)
+            else:
+                ok = _contains(support, normalise(claim))
+            if not ok:
+                out.setdefault(normalise(claim) or claim, claim)
+        # "Toy Story" inside "Toy Story (1995)" is one claim, not two.
+        return [claim for key, claim in out.items()
+                if not any(other != key and _contains(other, key) for other in out)]
+
+    def refers_to_user(self, text: str, user_likes: Sequence[str]) -> bool:
+        """Whether ``text`` mentions something the user said they like.
+
+        A liked title counts when the title (with or without its year) appears; a liked attribute or
+        wish counts when the whole phrase or one of its uncommon words appears (plurals folded).
+        """
+        words = normalise(text)
+        stems = {stem(w) for w in words.split()}
+        for like in user_likes:
+            key = normalise(like)
+            if not key:
+                continue
+            bare = normalise(_YEAR_SUFFIX_RE.sub("", like))
+            if key in self.titles or bare in self.titles or _YEAR_SUFFIX_RE.search(like):
+                if _contains(words, key) or _contains(words, bare):
+                    return True
+                continue
+            if _contains(words, key):
+                return True
+            content = [w for w in key.split() if w not in COMMON_WORDS and w not in _NEGATIONS and len(w) > 2]
+            if any(stem(w) in stems for w in content):
+                return True
+        return False
+
+
+_NEGATIONS = frozenset({"not", "no", "never", "nothing", "without", "too", "isn", "don", "doesn"})
+
+
+def _name_runs(span: str) -> list[str]:
+    """Split a capitalised run at common words ("Since Tom Hanks And Tim Allen" -> two names)."""
+    runs: list[list[str]] = [[]]
+    for word in span.split():
+        bare = _POSSESSIVE_RE.sub("", word)
+        if bare.lower().strip("'’") in COMMON_WORDS:
+            runs.append([])
+        else:
+            runs[-1].append(bare)
+    return [" ".join(run) for run in runs if len(run) >= 2]
+
+
+def _decade_supported(decade: int, known: Iterable[float]) -> bool:
+    starts = [decade] if decade >= 100 else [1900 + decade, 2000 + decade]
+    return any(start <= number < start + 10 for start in starts for number in known)

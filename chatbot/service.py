@@ -1,0 +1,169 @@
+"""The chatbot service: sessions, the dialogue manager and the models, shared by CLI, HTTP API and UI."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from chatbot.dialogue import DialogueManager, MessageError, Reply
+from chatbot.sessions import SessionConflict, SessionNotFound, SessionStore
+from chatbot.state import SessionState
+from retrieval.catalog import Catalog
+from retrieval.index import Library
+from retrieval.settings import Settings
+
+if TYPE_CHECKING:
+    from chatbot.grounding import GroundingChecker
+    from chatbot.justify import Justifier
+    from chatbot.lm import LanguageModel
+
+Feedback = Literal["like", "dislike", "seen", "chosen"]
+
+__all__ = ["Chatbot", "MessageError", "SessionNotFound"]
+
+
+class Chatbot:
+    """Everything a front end needs: create, read, delete sessions; send messages; give feedback.
+
+    Work on one session is serialized (no lost update): in-process by the store's per-session lock, and
+    across processes by the store's version check, retried on conflict.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        library: Library | None = None,
+        store: SessionStore | None = None,
+        dialogue: DialogueManager | None = None,
+        use_lm: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.library = library or Library(settings)
+        if store is None:
+            from chatbot.sessions import SQLiteSessionStore
+
+            store = SQLiteSessionStore.for_data_dir(settings.data_dir)
+        self.store = store
+        self._lm: LanguageModel | None = None
+        self._lm_lock = threading.Lock()
+        self.use_lm = use_lm
+        self.dialogue = dialogue or self._default_dialogue()
+
+    @property
+    def lm(self) -> LanguageModel:
+        """The one language model, shared by ranking and justification (loaded on first use)."""
+        with self._lm_lock:
+            if self._lm is None:
+                from chatbot.lm import LanguageModel
+
+                self._lm = LanguageModel(self.settings)
+            return self._lm
+
+    def _default_dialogue(self) -> DialogueManager:
+        ranker = None
+        if self.use_lm and self.settings.rank_candidates > 0:
+            from chatbot.ranking import LMRanker
+
+            ranker = LMRanker(self.lm)
+
+        def justifier_factory(catalog: Catalog, checker: GroundingChecker) -> Justifier:
+            from chatbot.justify import LMJustifier, TemplateJustifier
+
+            template = TemplateJustifier()
+            return LMJustifier(self.lm, checker, template) if self.use_lm else template
+
+        return DialogueManager(self.library, ranker, justifier_factory, rerank=self.settings.rank_candidates)
+
+    def warm_up(self, catalog: str | None = None) -> None:
+        """Load the catalog (indexing it on first use), its vectors and the models, before traffic arrives."""
+        tools = self.dialogue.tools(catalog or self.settings.default_catalog)
+        _ = tools.generator.matrix
+        tools.generator.embedder.encode_one("warm up")
+        if self.use_lm:
+            _ = self.lm.model
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def create_session(self, catalog: str | None = None, owner: str = "", likes: list[str] | None = None,
+                       session_id: str | None = None) -> SessionState:
+        """Start a conversation on a catalog, optionally with liked item ids or titles."""
+        cat = self.library.catalog(catalog or self.settings.default_catalog)
+        state = SessionState(catalog=cat.name, owner=owner)
+        if session_id:
+            state.id = session_id
+        if likes:
+            linker = self.library.linker(cat.name)
+            for like in likes:
+                item_id = like if like in cat else linker.resolve_title(like)
+                if item_id is None:
+                    raise MessageError(f"unknown item {like!r} in catalog {cat.name!r}")
+                if item_id not in state.liked:
+                    state.liked.append(item_id)
+        return self.store.put(state)
+
+    def get_session(self, session_id: str, owner: str | None = None) -> SessionState:
+        """The session, or `SessionNotFound` (also when it belongs to another caller)."""
+        state = self.store.get(session_id)
+        if state is None or (owner is not None and state.owner != owner):
+            raise SessionNotFound(session_id)
+        return state
+
+    def delete_session(self, session_id: str, owner: str | None = None) -> None:
+        self.get_session(session_id, owner)
+        self.store.delete(session_id)
+
+    def list_sessions(self, owner: str | None = None, limit: int = 100, offset: int = 0) -> list[SessionState]:
+        return self.store.list(owner, limit, offset)
+
+    # -- turns -------------------------------------------------------------------------------------
+    def send(self, session_id: str, text: str, owner: str | None = None,
+             on_token: Callable[[str], None] | None = None) -> Reply:
+        """Process one user message in a session and persist the result before returning."""
+        self.dialogue.check_message(text)
+        return self._update(session_id, owner, lambda state: self.dialogue.respond(state, text, on_token))
+
+    def feedback(self, session_id: str, item_id: str, reaction: Feedback, owner: str | None = None) -> SessionState:
+        """Record like / dislike / seen / chosen on an item, as the same words would."""
+        def apply(state: SessionState) -> SessionState:
+            catalog = self.library.catalog(state.catalog)
+            if item_id not in catalog:
+                raise MessageError(f"unknown item {item_id!r} in catalog {state.catalog!r}")
+            self.dialogue.react(state, item_id, reaction)
+            return state
+
+        self._update(session_id, owner, apply)
+        return self.get_session(session_id, owner)
+
+    def forget(self, session_id: str, kind: Literal["liked", "disliked", "constraint"], value: str,
+               owner: str | None = None) -> SessionState:
+        """Remove a wrong belief: a liked or disliked item id, or a constraint value ("field=value")."""
+        def apply(state: SessionState) -> SessionState:
+            if kind == "liked" and value in state.liked:
+                state.liked.remove(value)
+            elif kind == "disliked" and value in state.disliked:
+                state.disliked.remove(value)
+            elif kind == "constraint":
+                name, _, wanted = value.partition("=")
+                for bucket in (state.constraints.include, state.constraints.exclude):
+                    if name in bucket:
+                        bucket[name] = [v for v in bucket[name] if v.lower() != wanted.lower()]
+                        if not bucket[name]:
+                            del bucket[name]
+                if not wanted and name in state.constraints.ranges:
+                    del state.constraints.ranges[name]
+            return state
+
+        self._update(session_id, owner, apply)
+        return self.get_session(session_id, owner)
+
+    def _update(self, session_id: str, owner: str | None, change: Callable[[SessionState], object]):  # noqa: ANN202
+        with self.store.lock(session_id):
+            for _ in range(5):
+                state = self.get_session(session_id, owner)
+                result = change(state)
+                try:
+                    self.store.put(state)
+                    return result
+                except SessionConflict:
+                    continue  # another process wrote first: redo the turn on the fresh state
+            raise SessionConflict(f"session {session_id} kept changing; try again")

@@ -1,0 +1,291 @@
+"""Understanding one user message: linked items and attributes with their polarity, numeric constraints,
+references to earlier recommendations, and the act the user performs.
+
+Rules, not a model: they are fast, predictable and testable, and the catalog supplies the vocabulary
+(titles, genres, people, brands ...), so nothing here assumes movies.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from retrieval.catalog import Catalog
+from retrieval.linking import EntityLinker
+
+Act = Literal["recommend", "question", "chitchat", "feedback", "repeat", "reset"]
+Polarity = Literal["like", "dislike", "seen"]
+
+_NEGATIVE_CUES = re.compile(
+    r"\b(?:hate[sd]?|hating|dislike[sd]?|can'?t stand|cannot stand|don'?t (?:like|love|want|enjoy)|"
+    r"didn'?t (?:like|love|enjoy)|do not (?:like|want)|did not (?:like|enjoy)|not (?:a fan of|into|interested in)|"
+    r"no more|nothing|without|avoid|except|but not|not|no|never|anything but|other than|less|too much|"
+    r"sick of|tired of|boring|bored|awful|terrible|worst|not really|rather not)\b",
+    re.IGNORECASE,
+)
+_SEEN_CUES = re.compile(r"\b(?:seen (?:it|that|this)|already (?:seen|watched|read|have|own|tried)|"
+                        r"i'?ve (?:seen|watched|read)|watched (?:it|that) already|saw (?:it|that)|have it already|"
+                        r"already own)\b", re.IGNORECASE)
+_CLAUSE_SPLIT = re.compile(r"[.!?;]|,\s*(?:but|and|though|however)\b|\bbut\b|\bhowever\b|\bthough\b",
+                           re.IGNORECASE)
+_ORDINALS = {
+    "first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3, "fifth": 4,
+    "5th": 4, "last": -1, "top": 0,
+}
+_ORDINAL_RE = re.compile(r"\b(first|1st|second|2nd|third|3rd|fourth|4th|fifth|5th|last|top)\b(?: one)?",
+                         re.IGNORECASE)
+_NUMBER_REF_RE = re.compile(r"\b(?:number|no\.?|#)\s*([1-5])\b", re.IGNORECASE)
+_PRONOUN_RE = re.compile(r"\b(?:it|that one|this one|that|this|its|it's)\b", re.IGNORECASE)
+_QUESTION_RE = re.compile(
+    r"\?|^\s*(?:who|what|when|where|which|how|is|are|does|do|did|tell me|can you tell|describe|explain)\b|"
+    r"\btell me (?:more )?about\b|\bmore about\b|\bwhat'?s it about\b",
+    re.IGNORECASE,
+)
+_RECOMMEND_RE = re.compile(
+    r"\b(?:recommend|suggest|suggestion|looking for|look for|want|need|in the mood|mood for|something|"
+    r"anything|any ideas|ideas|options|show me|find me|give me|what should|what can|help me|searching|"
+    r"search|like|love|enjoy|prefer|fan of|into|another|other|different|else|more like|similar)\b",
+    re.IGNORECASE,
+)
+_DIFFERENT_RE = re.compile(r"\b(?:something (?:else|different)|different|another|other (?:ones|options)|"
+                           r"more options|else|new ones|none of (?:these|those|them))\b", re.IGNORECASE)
+_REJECT_ALL_RE = re.compile(r"\b(?:none of (?:these|those|them)|not (?:these|those)|don'?t like (?:these|those|any)|"
+                            r"neither)\b", re.IGNORECASE)
+_REPEAT_RE = re.compile(r"\b(?:again|repeat|remind me|what were (?:they|those)|show (?:them|those) again)\b",
+                        re.IGNORECASE)
+_RESET_RE = re.compile(r"\b(?:start over|forget (?:everything|all|what i said)|reset|new conversation)\b",
+                       re.IGNORECASE)
+_CHITCHAT_RE = re.compile(
+    r"^\s*(?:hi|hello|hey|hiya|good (?:morning|afternoon|evening)|thanks|thank you|thx|ok|okay|cool|great|"
+    r"nice|bye|goodbye|see you|how are you|lol|haha|yes|no|sure|awesome|perfect)\b[\s!.,?]*"
+    r"(?:there|you|so much|a lot|!|\.|how are you\??|\s)*$",
+    re.IGNORECASE,
+)
+_POSITIVE_FEEDBACK_RE = re.compile(r"\b(?:sounds good|i'?ll (?:take|try|watch|buy|get) (?:it|that|this)|"
+                                   r"love (?:it|that)|like (?:it|that)|great choice|perfect|that'?s the one)\b",
+                                   re.IGNORECASE)
+_NEGATIVE_FEEDBACK_RE = re.compile(r"\b(?:not (?:that|this) one|don'?t like (?:it|that|this)|no thanks|"
+                                   r"not for me|not interested|nope)\b", re.IGNORECASE)
+_MONEY = r"(?:[$€£]\s*)?(\d[\d,]*(?:\.\d+)?)\s*(?:k\b)?\s*(?:dollars|usd|bucks|euros?|pounds)?"
+_UNDER_RE = re.compile(rf"\b(?:under|below|less than|cheaper than|no more than|at most|max(?:imum)?|up to|within|"
+                       rf"budget (?:of|is)?)\s*{_MONEY}", re.IGNORECASE)
+_OVER_RE = re.compile(rf"\b(?:over|above|more than|at least|min(?:imum)?|from)\s*{_MONEY}", re.IGNORECASE)
+_BETWEEN_RE = re.compile(rf"\bbetween\s*{_MONEY}\s*(?:and|-|to)\s*{_MONEY}", re.IGNORECASE)
+_DECADE_RE = re.compile(r"\b(?:the\s+)?(?:(19|20)(\d)0|'?(\d)0)'?s\b", re.IGNORECASE)
+_AFTER_YEAR_RE = re.compile(r"\b(?:after|since|newer than|from|post)\s+((?:19|20)\d\d)\b", re.IGNORECASE)
+_BEFORE_YEAR_RE = re.compile(r"\b(?:before|older than|prior to|pre)\s+((?:19|20)\d\d)\b", re.IGNORECASE)
+_RECENT_RE = re.compile(r"\b(?:recent|new|newer|latest|modern)\b", re.IGNORECASE)
+_OLD_RE = re.compile(r"\b(?:old|older|classic|classics|vintage)\b", re.IGNORECASE)
+_RATING_RE = re.compile(r"\brat(?:ed|ing)\s*(?:of\s*)?(?:above|over|at least|>=?)?\s*(\d(?:\.\d)?)", re.IGNORECASE)
+_CURRENCY_HINT = re.compile(r"[$€£]|\b(?:dollars|usd|bucks|euros?|pounds|budget|price|cheap|cost|afford)",
+                            re.IGNORECASE)
+
+
+@dataclass
+class ItemSignal:
+    item_id: str
+    polarity: Polarity
+    surface: str
+
+
+@dataclass
+class AttributeSignal:
+    field: str
+    value: str
+    polarity: Literal["like", "dislike"]
+    surface: str
+
+
+@dataclass
+class Understanding:
+    """What one message says, in terms the dialogue manager acts on."""
+
+    act: Act
+    items: list[ItemSignal] = field(default_factory=list)
+    attributes: list[AttributeSignal] = field(default_factory=list)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    references: list[int] = field(default_factory=list)
+    pronoun: bool = False
+    wants_different: bool = False
+    rejects_all: bool = False
+    reaction: Literal["like", "dislike", "seen"] | None = None
+    wish: str = ""
+
+
+def _clause_of(text: str, start: int) -> tuple[int, int]:
+    """The clause (between separators) containing position ``start``."""
+    bounds = [0] + [m.end() for m in _CLAUSE_SPLIT.finditer(text)] + [len(text) + 1]
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        if low <= start < high:
+            return low, high
+    return 0, len(text)
+
+
+def _polarity(text: str, start: int, end: int) -> Polarity:
+    """Like, dislike or seen, from cue words in the mention's own clause before the mention (or just after)."""
+    low, high = _clause_of(text, start)
+    before = text[low:start]
+    after = text[end:min(high, end + 25)]
+    if _SEEN_CUES.search(before) or _SEEN_CUES.search(after):
+        return "seen"
+    if _NEGATIVE_CUES.search(before) or re.match(r"\s*(?:is|was)?\s*(?:boring|awful|terrible|overrated)", after):
+        return "dislike"
+    return "like"
+
+
+class MessageInterpreter:
+    """Turns a message into an `Understanding` using the catalog's own vocabulary."""
+
+    def __init__(self, catalog: Catalog, linker: EntityLinker) -> None:
+        self.catalog = catalog
+        self.linker = linker
+        numeric: dict[str, int] = {}
+        for item in catalog:
+            for name in item.numbers:
+                numeric[name] = numeric.get(name, 0) + 1
+        self.numeric_fields = set(numeric)
+        self.price_field = next((f for f in ("price", "cost", "amount") if f in numeric), None)
+        self.year_field = "year" if "year" in numeric else None
+        self.rating_field = next((f for f in ("rating", "stars", "score") if f in numeric), None)
+        # How often each (field, value) occurs, and how many items have each attribute field at all:
+        # a value named by the user is read as the field where it is most common, and only fields most
+        # items have become hard filters (an item lacking the field would otherwise never qualify).
+        self.value_counts: dict[tuple[str, str], int] = {}
+        coverage: dict[str, int] = {}
+        for item in catalog:
+            fields_seen = set()
+            for name, value in item.attribute_values():
+                key = (name, value.lower())
+                self.value_counts[key] = self.value_counts.get(key, 0) + 1
+                fields_seen.add(name)
+            for name in fields_seen:
+                coverage[name] = coverage.get(name, 0) + 1
+        self.filter_fields = {name for name, n in coverage.items() if n >= 0.3 * len(catalog)}
+        self._stems = self._stem_index()
+
+    def _stem_index(self) -> dict[str, tuple[str, str]]:
+        """Stem of single-word values in filterable fields -> (field, value), for "animated" ~ "animation"."""
+        from nltk.stem.porter import PorterStemmer
+
+        stemmer = PorterStemmer()
+        self._stem = stemmer.stem
+        best: dict[str, tuple[int, str, str]] = {}
+        for (name, value), count in self.value_counts.items():
+            if name in self.filter_fields and value.isalpha() and len(value) >= 4 and count >= 3:
+                stem = stemmer.stem(value)
+                if count > best.get(stem, (0, "", ""))[0]:
+                    best[stem] = (count, name, value)
+        return {stem: (name, value) for stem, (_, name, value) in best.items()}
+
+    def _attributes(self, text: str, title_spans: list[tuple[int, int]]) -> list[AttributeSignal]:
+        """Attribute values named in the text, each read in its most common field, with polarity."""
+        by_value: dict[str, tuple[int, AttributeSignal, int]] = {}
+        taken: list[tuple[int, int]] = list(title_spans)
+        for mention in self.linker.link_attributes(text):
+            if any(s <= mention.start < e for s, e in title_spans):
+                continue  # part of a title ("Alien" in "Aliens") is not an attribute wish
+            count = self.value_counts.get((mention.field, mention.value.lower()), 0)
+            if mention.field in self.filter_fields:
+                count += 1_000_000  # prefer a field that can be filtered on
+            polarity = "dislike" if _polarity(text, mention.start, mention.end) == "dislike" else "like"
+            key = mention.value.lower()
+            if key not in by_value or count > by_value[key][0]:
+                by_value[key] = (count, AttributeSignal(mention.field, mention.value, polarity, mention.surface),
+                                 mention.start)
+            taken.append((mention.start, mention.end))
+        for match in re.finditer(r"[A-Za-z]{4,}", text):
+            if any(s <= match.start() < e for s, e in taken):
+                continue
+            hit = self._stems.get(self._stem(match.group(0).lower()))
+            if hit and hit[1] not in by_value:
+                polarity = "dislike" if _polarity(text, match.start(), match.end()) == "dislike" else "like"
+                by_value[hit[1]] = (0, AttributeSignal(hit[0], hit[1], polarity, match.group(0)), match.start())
+        return [signal for _, signal, _ in sorted(by_value.values(), key=lambda v: v[2])]
+
+    def interpret(self, text: str, has_recommendations: bool) -> Understanding:
+        """Read one user message."""
+        items = [ItemSignal(m.item_id, _polarity(text, m.start, m.end), m.surface)
+                 for m in self.linker.link_items(text)]
+        title_spans = [(m.start, m.end) for m in self.linker.link_items(text)]
+        attributes = self._attributes(text, title_spans)
+        ranges = self._ranges(text)
+        references = [_ORDINALS[m.group(1).lower()] for m in _ORDINAL_RE.finditer(text)]
+        references += [int(m.group(1)) - 1 for m in _NUMBER_REF_RE.finditer(text)]
+        pronoun = bool(_PRONOUN_RE.search(text))
+        wants_different = bool(_DIFFERENT_RE.search(text))
+        rejects_all = bool(_REJECT_ALL_RE.search(text))
+        reaction: Literal["like", "dislike", "seen"] | None = None
+        if has_recommendations and (references or pronoun):
+            if _SEEN_CUES.search(text):
+                reaction = "seen"
+            elif _NEGATIVE_FEEDBACK_RE.search(text) or (references and _NEGATIVE_CUES.search(text)):
+                reaction = "dislike"
+            elif _POSITIVE_FEEDBACK_RE.search(text):
+                reaction = "like"
+
+        if _RESET_RE.search(text):
+            act: Act = "reset"
+        elif has_recommendations and _REPEAT_RE.search(text) and not items:
+            act = "repeat"
+        elif _QUESTION_RE.search(text) and (references or (pronoun and has_recommendations) or items) and not (
+            _RECOMMEND_RE.search(text) and not references and not pronoun
+        ) and not wants_different:
+            act = "question"
+        elif reaction is not None and not _RECOMMEND_RE.search(text) and not wants_different:
+            act = "feedback"
+        elif items or attributes or ranges or wants_different or rejects_all or _RECOMMEND_RE.search(text):
+            act = "recommend"
+        elif _CHITCHAT_RE.match(text):
+            act = "chitchat"
+        else:
+            act = "recommend"  # free-text wishes ("a cozy rainy-day story") are requests too
+        return Understanding(
+            act=act, items=items, attributes=attributes, ranges=ranges, references=references, pronoun=pronoun,
+            wants_different=wants_different, rejects_all=rejects_all, reaction=reaction, wish=text.strip(),
+        )
+
+    def _ranges(self, text: str) -> dict[str, tuple[float | None, float | None]]:
+        ranges: dict[str, tuple[float | None, float | None]] = {}
+
+        def money(value: str) -> float:
+            return float(value.replace(",", ""))
+
+        if self.price_field and (_CURRENCY_HINT.search(text) or not self.year_field):
+            if m := _BETWEEN_RE.search(text):
+                ranges[self.price_field] = (money(m.group(1)), money(m.group(2)))
+            else:
+                low = high = None
+                if m := _UNDER_RE.search(text):
+                    high = money(m.group(1))
+                if m := _OVER_RE.search(text):
+                    value = money(m.group(1))
+                    if not (self.year_field and 1900 <= value <= 2100 and not _CURRENCY_HINT.search(text)):
+                        low = value
+                if low is not None or high is not None:
+                    ranges[self.price_field] = (low, high)
+        if self.year_field:
+            low = high = None
+            if m := _DECADE_RE.search(text):
+                if m.group(1):
+                    start = int(m.group(1) + m.group(2) + "0")
+                else:
+                    digit = int(m.group(3))
+                    start = (2000 if digit <= 2 else 1900) + digit * 10
+                low, high = float(start), float(start + 9)
+            if m := _AFTER_YEAR_RE.search(text):
+                low = float(m.group(1))
+            if m := _BEFORE_YEAR_RE.search(text):
+                high = float(m.group(1))
+            if low is None and high is None:
+                years = [i.numbers[self.year_field] for i in self.catalog if self.year_field in i.numbers]
+                newest = max(years) if years else None
+                if newest and _RECENT_RE.search(text) and not _NEGATIVE_CUES.search(text):
+                    low = newest - 5
+                elif newest and _OLD_RE.search(text) and not _NEGATIVE_CUES.search(text):
+                    high = newest - 30
+            if low is not None or high is not None:
+                ranges[self.year_field] = (low, high)
+        if self.rating_field and (m := _RATING_RE.search(text)):
+            ranges[self.rating_field] = (float(m.group(1)), None)
+        return ranges

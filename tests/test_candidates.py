@@ -1,0 +1,92 @@
+"""Candidate generation on real Chroma + MiniLM: signals, constraints, exclusions, learned priors."""
+
+from __future__ import annotations
+
+from retrieval.candidates import FEATURES, Constraints, Preferences
+from retrieval.dialogs import Dialog, Turn
+from retrieval.index import Library
+from retrieval.priors import InteractionPriors
+
+
+def _id(catalog, title: str) -> str:  # noqa: ANN001
+    return next(item.id for item in catalog if item.title == title)
+
+
+def test_dense_signal_finds_matching_items(library: Library, movies_small) -> None:  # noqa: ANN001
+    generator = library.generator("movies_small")
+    results = generator.candidates(Preferences(text="a scary horror movie with ghosts and a haunted house"), 5)
+    assert len(results) == 5
+    top_genres = [set(movies_small[c.item_id].lists.get("genre", [])) for c in results[:3]]
+    assert all("horror" in g for g in top_genres), [c.title for c in results]
+    assert set(results[0].signals) == set(FEATURES)
+    assert results == sorted(results, key=lambda c: -c.score)
+
+
+def test_liked_items_pull_neighbours_and_are_not_returned(library: Library, movies_small) -> None:  # noqa: ANN001
+    generator = library.generator("movies_small")
+    alien = _id(movies_small, "Alien (1979)")
+    results = generator.candidates(Preferences(liked=[alien]), 10)
+    ids = [c.item_id for c in results]
+    assert alien not in ids
+    assert _id(movies_small, "Aliens (1986)") in ids[:3]
+    assert all(c.signals["item_sim_max"] > 0 for c in results)
+
+
+def test_constraints_filter_every_candidate(library: Library, products) -> None:  # noqa: ANN001
+    generator = library.generator("products")
+    prefs = Preferences(
+        text="I need a sturdy phone",
+        constraints=Constraints(include={"category": ["phone"]}, ranges={"price": (None, 300.0)}),
+    )
+    results = generator.candidates(prefs, 10)
+    assert results, "some phones are under $300"
+    for c in results:
+        item = products[c.item_id]
+        assert item.text["category"] == "phone" and item.numbers["price"] <= 300
+    assert results[0].item_id in {"p-001", "p-005"}  # the two rugged ones
+    excluded = generator.candidates(Preferences(text="phone", constraints=Constraints(
+        exclude={"brand": ["Samsung"], "tags": ["budget"]})), 20)
+    assert excluded and all(products[c.item_id].text["brand"] != "Samsung" for c in excluded)
+    assert all("budget" not in products[c.item_id].lists.get("tags", []) for c in excluded)
+
+
+def test_exclusions_and_disliked(library: Library, products) -> None:  # noqa: ANN001
+    generator = library.generator("products")
+    prefs = Preferences(text="rugged phone", exclude=["p-005"], disliked=["p-001"])
+    ids = [c.item_id for c in generator.candidates(prefs, 20)]
+    assert "p-005" not in ids and "p-001" not in ids and ids
+
+
+def test_nothing_to_go_on_still_returns_items(library: Library, products) -> None:  # noqa: ANN001
+    results = library.generator("products").candidates(Preferences(), 5)
+    assert len(results) == 5
+
+
+def test_cooccurrence_priors_change_the_ranking(library: Library, movies_small) -> None:  # noqa: ANN001
+    # An unlikely pair by content: only the learned co-occurrence can put Finding Nemo first after Heat.
+    heat, nemo = _id(movies_small, "Heat (1995)"), _id(movies_small, "Finding Nemo (2003)")
+    dialogs = [Dialog(id=str(n), turns=[Turn(role="user", text="like Heat", items=[heat]),
+                                        Turn(role="assistant", text="try Finding Nemo", items=[nemo])])
+               for n in range(5)]
+    priors = InteractionPriors.from_dialogs(dialogs)
+    assert priors.follow[heat][nemo] == 5 and priors.popularity[nemo] == 5
+    from retrieval.candidates import CandidateGenerator
+
+    plain = CandidateGenerator(movies_small, library.store, library.embedder)
+    learned = CandidateGenerator(movies_small, library.store, library.embedder, priors)
+    prefs = Preferences(liked=[heat])
+    plain_rank = [c.item_id for c in plain.candidates(prefs, 48)].index(nemo)
+    learned_results = learned.candidates(prefs, 48)
+    assert plain_rank > 5
+    assert learned_results[0].item_id == nemo
+    assert learned_results[0].signals["follow"] > 0
+
+
+def test_where_filter_translation() -> None:
+    c = Constraints(include={"genre": ["Comedy", "drama"]}, exclude={"brand": ["X"]}, ranges={"year": (1990, None)})
+    assert c.chroma_where({"genre"}) == {"$and": [
+        {"$or": [{"genre": {"$contains": "comedy"}}, {"genre": {"$contains": "drama"}}]},
+        {"brand": {"$ne": "x"}},
+        {"year": {"$gte": 1990}},
+    ]}
+    assert Constraints().chroma_where(set()) is None

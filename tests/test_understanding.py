@@ -1,0 +1,106 @@
+"""Message understanding on small real catalogs: polarity, references, constraints, acts."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatbot.understanding import MessageInterpreter
+from retrieval.catalog import load_catalog
+from retrieval.linking import EntityLinker
+from tests.conftest import DATA
+
+
+@pytest.fixture(scope="module")
+def movies() -> MessageInterpreter:
+    catalog = load_catalog(DATA / "movies_small.jsonl", "movies_small")
+    return MessageInterpreter(catalog, EntityLinker(catalog))
+
+
+@pytest.fixture(scope="module")
+def shop() -> MessageInterpreter:
+    catalog = load_catalog(DATA / "products.csv", "shop")
+    return MessageInterpreter(catalog, EntityLinker(catalog))
+
+
+def _title(interp: MessageInterpreter, item_id: str) -> str:
+    return interp.catalog[item_id].title
+
+
+def test_liked_item_and_genre(movies: MessageInterpreter) -> None:
+    u = movies.interpret("I loved Heat (1995), something in the crime genre please", False)
+    assert u.act == "recommend"
+    assert [(_title(movies, s.item_id), s.polarity) for s in u.items] == [("Heat (1995)", "like")]
+    assert ("genre", "crime", "like") in [(a.field, a.value, a.polarity) for a in u.attributes]
+
+
+@pytest.mark.parametrize(("text", "polarity"), [
+    ("I hated Titanic (1997)", "dislike"),
+    ("I don't like The Notebook", "dislike"),
+    ("I've already seen Jaws (1975)", "seen"),
+    ("Jaws (1975) was great", "like"),
+])
+def test_item_polarity(movies: MessageInterpreter, text: str, polarity: str) -> None:
+    u = movies.interpret(text, False)
+    assert len(u.items) == 1 and u.items[0].polarity == polarity
+
+
+def test_negated_genre_and_clause_split(movies: MessageInterpreter) -> None:
+    u = movies.interpret("I like thrillers but I hate horror", False)
+    got = {(a.value, a.polarity) for a in u.attributes if a.field == "genre"}
+    assert got == {("thriller", "like"), ("horror", "dislike")}
+
+
+def test_references_to_earlier_recommendations(movies: MessageInterpreter) -> None:
+    assert movies.interpret("Who directed the second one?", True).references == [1]
+    assert movies.interpret("tell me more about the last one", True).references == [-1]
+    second = movies.interpret("what's number 3 about?", True)
+    assert second.references == [2] and second.act == "question"
+    it = movies.interpret("Who stars in it?", True)
+    assert it.act == "question" and it.pronoun
+
+
+@pytest.mark.parametrize(("text", "act"), [
+    ("Hi there!", "chitchat"),
+    ("Thanks a lot!", "chitchat"),
+    ("Can you recommend something?", "recommend"),
+    ("What were they again?", "repeat"),
+    ("Let's start over", "reset"),
+    ("I've seen the first one already", "feedback"),
+    ("Something different please", "recommend"),
+    ("a cozy story for a rainy day", "recommend"),
+])
+def test_acts(movies: MessageInterpreter, text: str, act: str) -> None:
+    assert movies.interpret(text, True).act == act
+
+
+def test_feedback_reactions(movies: MessageInterpreter) -> None:
+    assert movies.interpret("I've seen the first one already", True).reaction == "seen"
+    assert movies.interpret("not that one", True).reaction == "dislike"
+    assert movies.interpret("I don't like the second one", True).reaction == "dislike"
+    assert movies.interpret("sounds good, I'll watch it", True).reaction == "like"
+
+
+def test_year_ranges(movies: MessageInterpreter) -> None:
+    assert movies.interpret("a sci-fi movie from the 80s", False).ranges == {"year": (1980.0, 1989.0)}
+    assert movies.interpret("something made after 2010", False).ranges == {"year": (2010.0, None)}
+    assert movies.interpret("anything before 1990", False).ranges == {"year": (None, 1990.0)}
+
+
+def test_price_ranges_on_a_product_catalog(shop: MessageInterpreter) -> None:
+    assert shop.interpret("I need a sturdy phone under $300", False).ranges == {"price": (None, 300.0)}
+    assert shop.interpret("headphones between 50 and 150 dollars", False).ranges == {"price": (50.0, 150.0)}
+    assert shop.interpret("a laptop for more than $1,000", False).ranges == {"price": (1000.0, None)}
+    no_price = shop.interpret("a waterproof speaker", False)
+    assert no_price.ranges == {}
+
+
+def test_product_attributes_and_negation(shop: MessageInterpreter) -> None:
+    u = shop.interpret("I want a new phone, but no Samsung", False)
+    got = {(a.field, a.value.lower(), a.polarity) for a in u.attributes}
+    assert ("brand", "samsung", "dislike") in got
+    assert ("category", "phone", "like") in got
+
+
+def test_common_words_are_not_titles(movies: MessageInterpreter) -> None:
+    u = movies.interpret("I can't stand the heat in summer, I want something up beat", False)
+    assert u.items == []
