@@ -168,6 +168,9 @@ class DialogueManager:
             reply = self._say(state, "Okay, let's start over. What are you in the mood for?", "reset", sink)
         elif act == "question" and targets:
             reply = self._say(state, self.answer(tools.catalog[targets[0]], text, tools), "question", sink)
+        elif act == "question" and not state.recommended and not understanding.items:
+            reply = self._say(state, "Which one do you mean? Ask me for a few suggestions first, or name it.",
+                              "clarify", sink)
         elif act == "repeat" and state.last_recommendations:
             shown = [state.recommendation(i) for i in state.last_recommendations]
             lines = [f"{n}. {r.title}: {r.justification}" for n, r in enumerate(shown, 1) if r is not None]
@@ -230,17 +233,37 @@ class DialogueManager:
                 values = state.constraints.exclude.setdefault(attr.field, [])
                 if attr.value not in values:
                     values.append(attr.value)
-                kept = [v for v in state.constraints.include.get(attr.field, []) if v.lower() != attr.value.lower()]
-                state.constraints.include[attr.field] = kept
-        # New positive values for a field replace the old ones: the user changed their mind.
-        state.constraints.include.update(include)
-        state.constraints.include = {k: v for k, v in state.constraints.include.items() if v}
+
+        # New positive values for a field replace the old ones: the user changed their mind. Values said
+        # side by side ("romantic comedy", "animated family movie") must all hold; otherwise any of them.
+        for name, values in include.items():
+            spans = sorted((a.start, a.end) for a in u.attributes if a.field == name and a.polarity == "like")
+            joint = len(spans) > 1 and all(
+                re.fullmatch(r"[\s-]*", u.wish[end:start] if u.wish else "") is not None
+                for (_, end), (start, _) in zip(spans, spans[1:], strict=False)
+            )
+            state.constraints.include.pop(name, None)
+            state.constraints.include_all.pop(name, None)
+            (state.constraints.include_all if joint else state.constraints.include)[name] = values
+        for bucket in (state.constraints.include, state.constraints.include_all):
+            for name, values in list(bucket.items()):
+                kept = [v for v in values if v not in state.constraints.exclude.get(name, [])]
+                if kept:
+                    bucket[name] = kept
+                else:
+                    del bucket[name]
         state.constraints.exclude = {k: v for k, v in state.constraints.exclude.items() if v}
         state.constraints.ranges.update(u.ranges)
 
         if u.act in ("recommend", "feedback") and u.wish:
-            state.wishes.append(u.wish)
-            state.wishes = state.wishes[-20:]
+            # Titles are represented by their item vectors; left in the wish they would pull in look-alike titles.
+            wish = u.wish
+            for signal in u.items:
+                wish = wish.replace(signal.surface, " ")
+            wish = " ".join(wish.split())
+            if wish:
+                state.wishes.append(wish)
+                state.wishes = state.wishes[-20:]
         self._update_preference(state, u, tools)
         if targets:
             state.focus = targets[0]
@@ -267,8 +290,8 @@ class DialogueManager:
         """Decay the preference vector, pull it towards wishes and liked items, push it from rejected ones."""
         generator = tools.generator
         parts: list[np.ndarray] = []
-        if u.act in ("recommend", "feedback") and u.wish:
-            positive = _positive_text(u.wish)
+        if u.act in ("recommend", "feedback") and state.wishes and u.wish:
+            positive = _positive_text(state.wishes[-1])
             if positive:
                 parts.append(generator.embedder.encode_one(positive))
         matrix = generator.matrix
@@ -291,7 +314,8 @@ class DialogueManager:
 
     @staticmethod
     def _has_something_to_go_on(state: SessionState, u: Understanding) -> bool:
-        if state.liked or state.constraints.include or state.constraints.ranges or u.items or u.wants_different:
+        c = state.constraints
+        if state.liked or c.include or c.include_all or c.ranges or u.items or u.wants_different:
             return True
         if state.disliked and state.recommended:
             return True
@@ -449,9 +473,9 @@ class DialogueManager:
     @staticmethod
     def user_likes(state: SessionState, catalog: Catalog) -> list[str]:
         likes = [catalog[i].title for i in state.liked if i in catalog]
-        for values in state.constraints.include.values():
-            likes += values
-        likes += [w for w in state.wishes[-3:] if not _GENERIC_REQUEST_RE.match(w)]
+        for bucket in (state.constraints.include, state.constraints.include_all):
+            for values in bucket.values():
+                likes += values
         return likes
 
 
@@ -483,6 +507,7 @@ def _zscore(values: Sequence[float]) -> np.ndarray:
 
 def _describe(constraints: Constraints) -> str:
     parts = [f"{k} {' or '.join(v)}" for k, v in constraints.include.items()]
+    parts += [f"{k} {' and '.join(v)}" for k, v in constraints.include_all.items()]
     for name, (low, high) in constraints.ranges.items():
         if low is not None and high is not None:
             parts.append(f"{name} {low:g}-{high:g}")

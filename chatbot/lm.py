@@ -90,6 +90,7 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _SOURCE_MARKER).write_text(json.dumps(fingerprint))
+        tmp.chmod(0o755)  # mkdtemp creates it private; the cache is an ordinary folder
         if cache.exists():  # stale (the GGUF file changed) or written meanwhile by another process
             if _cache_is_current(cache, fingerprint):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -167,6 +168,7 @@ class LanguageModel:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            adapter = self._configured_adapter()  # a bad adapter setting fails before the slow load
             folder = self.model_folder()
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -178,7 +180,6 @@ class LanguageModel:
             self.source = str(folder)
             self._tokenizer = tokenizer
             self._model = model
-            adapter = self._configured_adapter()
             if adapter is not None:
                 self._apply_adapter(adapter)
 

@@ -144,7 +144,7 @@ class Chatbot:
                 state.disliked.remove(value)
             elif kind == "constraint":
                 name, _, wanted = value.partition("=")
-                for bucket in (state.constraints.include, state.constraints.exclude):
+                for bucket in (state.constraints.include, state.constraints.include_all, state.constraints.exclude):
                     if name in bucket:
                         bucket[name] = [v for v in bucket[name] if v.lower() != wanted.lower()]
                         if not bucket[name]:

@@ -82,6 +82,18 @@ _CURRENCY_HINT = re.compile(r"[$€£]|\b(?:dollars|usd|bucks|euros?|pounds|budg
                             re.IGNORECASE)
 
 
+def _variants(word: str) -> list[str]:
+    """A word and its noun forms for adjectives: romantic -> romance, historical -> history, comedic -> comedy."""
+    out = [word]
+    if word.endswith("tic"):
+        out += [word[:-3] + "ce", word[:-3]]
+    if word.endswith("ical"):
+        out.append(word[:-4] + "y")
+    elif word.endswith("ic"):
+        out.append(word[:-2] + "y")
+    return out
+
+
 @dataclass
 class ItemSignal:
     item_id: str
@@ -95,6 +107,8 @@ class AttributeSignal:
     value: str
     polarity: Literal["like", "dislike"]
     surface: str
+    start: int = 0
+    end: int = 0
 
 
 @dataclass
@@ -191,16 +205,22 @@ class MessageInterpreter:
             polarity = "dislike" if _polarity(text, mention.start, mention.end) == "dislike" else "like"
             key = mention.value.lower()
             if key not in by_value or count > by_value[key][0]:
-                by_value[key] = (count, AttributeSignal(mention.field, mention.value, polarity, mention.surface),
-                                 mention.start)
-            taken.append((mention.start, mention.end))
+                by_value[key] = (count, AttributeSignal(mention.field, mention.value, polarity, mention.surface,
+                                                        mention.start, mention.end), mention.start)
+            if mention.field in self.filter_fields:
+                taken.append((mention.start, mention.end))
         for match in re.finditer(r"[A-Za-z]{4,}", text):
             if any(s <= match.start() < e for s, e in taken):
                 continue
-            hit = self._stems.get(self._stem(match.group(0).lower()))
+            hit = None
+            for variant in _variants(match.group(0).lower()):
+                hit = self._stems.get(self._stem(variant))
+                if hit:
+                    break
             if hit and hit[1] not in by_value:
                 polarity = "dislike" if _polarity(text, match.start(), match.end()) == "dislike" else "like"
-                by_value[hit[1]] = (0, AttributeSignal(hit[0], hit[1], polarity, match.group(0)), match.start())
+                by_value[hit[1]] = (0, AttributeSignal(hit[0], hit[1], polarity, match.group(0), match.start(),
+                                                       match.end()), match.start())
         return [signal for _, signal, _ in sorted(by_value.values(), key=lambda v: v[2])]
 
     def interpret(self, text: str, has_recommendations: bool) -> Understanding:

@@ -87,7 +87,6 @@ def evaluate_justifications(
 ) -> None:
     """Justification quality on E-ReDial: BLEU-2, ROUGE-L, Distinct-2, unsupported claims, personal share."""
     from chatbot.justify import TemplateJustifier
-
     from chatbot.service import Chatbot
     from eval.justification import evaluate_justifier, format_justification_report, read_e_redial
     from retrieval.catalog import CatalogError
@@ -152,7 +151,31 @@ def evaluate_scripts(
         raise typer.Exit(1)
 
 
+bench_app = typer.Typer(help="Benchmarks: figures for the closing notes.", no_args_is_help=True)
+
+
+@bench_app.command("turn")
+def bench_turn(
+    catalog: Annotated[str | None, typer.Option(help="Catalog name (default from settings).")] = None,
+    turns: Annotated[int, typer.Option(min=1, help="Scripted user turns to run.")] = 100,
+    no_lm: Annotated[bool, typer.Option("--no-lm", help="Retrieval and templates only.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON result here.")] = None,
+) -> None:
+    """End-to-end turn latency: p50/p95, time to first streamed token, split by stage."""
+    from chatbot.service import Chatbot
+    from eval.bench import bench_turns
+
+    bot = Chatbot(get_settings(), use_lm=not no_lm)
+    result = bench_turns(bot, catalog, turns)
+    data = result.as_dict()
+    typer.echo(json.dumps(data, indent=2))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate)
     app.command("eval-justify")(evaluate_justifications)
     app.command("eval-script")(evaluate_scripts)
+    app.add_typer(bench_app, name="bench")

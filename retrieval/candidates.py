@@ -38,18 +38,22 @@ class Constraints(BaseModel):
     """Hard filters. Field names are catalog fields; string values are compared case-insensitively."""
 
     include: dict[str, list[str]] = Field(default_factory=dict, description="field -> any of these values")
+    include_all: dict[str, list[str]] = Field(default_factory=dict, description="field -> all of these values")
     exclude: dict[str, list[str]] = Field(default_factory=dict, description="field -> none of these values")
     ranges: dict[str, tuple[float | None, float | None]] = Field(
         default_factory=dict, description="numeric field -> (min, max), either may be None"
     )
 
     def is_empty(self) -> bool:
-        return not (self.include or self.exclude or self.ranges)
+        return not (self.include or self.include_all or self.exclude or self.ranges)
 
     def allows(self, item: Item) -> bool:
         """Whether an item satisfies every constraint (items lacking a constrained field fail)."""
         for name, wanted in self.include.items():
             if wanted and not _values(item, name) & {w.lower() for w in wanted}:
+                return False
+        for name, wanted in self.include_all.items():
+            if not {w.lower() for w in wanted} <= _values(item, name):
                 return False
         for name, unwanted in self.exclude.items():
             if _values(item, name) & {u.lower() for u in unwanted}:
@@ -72,6 +76,9 @@ class Constraints(BaseModel):
                 clauses.append(ors[0] if len(ors) == 1 else {"$or": ors})
             else:
                 clauses.append({name: {"$in": values}})
+        for name, wanted in self.include_all.items():
+            for value in (w.lower() for w in wanted):
+                clauses.append({name: {"$contains": value}} if name in list_fields else {name: value})
         for name, unwanted in self.exclude.items():
             for value in (u.lower() for u in unwanted):
                 clauses.append({name: {"$not_contains": value}} if name in list_fields else {name: {"$ne": value}})
@@ -105,6 +112,7 @@ class Preferences(BaseModel):
     vector: list[float] | None = Field(
         default=None, description="A dense preference vector (item-embedding space) used instead of encoding text."
     )
+    recent_vector: list[float] | None = Field(default=None, description="`recent`, already encoded.")
 
 
 @dataclass
@@ -198,7 +206,10 @@ class CandidateGenerator:
             query = np.asarray(prefs.vector, dtype=np.float32)
         else:
             query = self.encode_query(prefs.text)
-        recent = self.encode_query(prefs.recent) if prefs.recent.strip() else None
+        if prefs.recent_vector is not None and len(prefs.recent_vector) == matrix.shape[1]:
+            recent = np.asarray(prefs.recent_vector, dtype=np.float32)
+        else:
+            recent = self.encode_query(prefs.recent) if prefs.recent.strip() else None
         for vector in (query, recent):
             if vector is not None:
                 pool.update(dict.fromkeys(i for i, _ in self.store.query(self.catalog.name, vector, wide, where)))

@@ -89,7 +89,7 @@ class Library:
         self._store: VectorStore | None = None
         self._catalogs: dict[str, Catalog] = {}
         self._generators: dict[str, CandidateGenerator] = {}
-        self._linkers: dict[str, EntityLinker] = {}
+        self._linkers: dict[str, tuple[Catalog, EntityLinker]] = {}
 
     @property
     def store(self) -> VectorStore:
@@ -182,10 +182,10 @@ class Library:
         """An `EntityLinker` over a named catalog, popularity from its priors (cached per catalog)."""
         catalog = self.catalog(name)
         cached = self._linkers.get(catalog.name)
-        if cached is None or cached.catalog is not catalog:
+        if cached is None or cached[0] is not catalog:
             from retrieval.linking import EntityLinker
 
             priors = self.priors(catalog.name)
-            cached = EntityLinker(catalog, priors.popularity if priors else None)
+            cached = (catalog, EntityLinker(catalog, priors.popularity if priors else None))
             self._linkers[catalog.name] = cached
-        return cached
+        return cached[1]

@@ -26,12 +26,13 @@ __all__ = ["AttributeMention", "EntityLinker", "ItemMention", "normalize_title",
 
 # Words with internal apostrophes stay one token ("schindler's" -> "schindlers"); "&" is a token ("and").
 _TOKEN_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|&")
+# Lowercase words as themselves, any other token (capitalised, with digits or apostrophes) as "".
+_LOWER_OR_BREAK_RE = re.compile(r"([a-z]+)(?![\w'’])|[^\W_]+(?:['’][^\W_]+)*")
 _YEAR = r"1[89]\d\d|20\d\d"
 _TRAILING_YEAR_RE = re.compile(rf"\s*[(\[]\s*({_YEAR})\s*[)\]]\s*$")
 _YEAR_AFTER_RE = re.compile(rf"\s*(?:[(\[]\s*(?P<y1>{_YEAR})\s*[)\]]|,?\s*(?P<y2>{_YEAR})(?![\w]))")
 _ARTICLE_SUFFIX_RE = re.compile(r"^(?P<body>.+?),\s*(?P<article>the|a|an)$", re.IGNORECASE)
 _PARENTHETICAL_RE = re.compile(r"\s*\([^)]*\)")
-_LOWER_WORD_RE = re.compile(r"(?<![\w'’])[a-z]+(?![\w'’])")
 # Catalog identifiers ("tt0109127", "B00X4WHP") are not attributes anyone says in a chat.
 _ID_LIKE_RE = re.compile(r"^[a-z]*\d[a-z\d]*$")
 
@@ -103,6 +104,7 @@ _PRONOUN_FOLLOWERS = frozenset("""
 is was has had does did will would can could should might must s isnt wasnt doesnt didnt makes made sounds
 looks seems seemed gets got goes went comes came takes took feels felt just really also
 """.split())
+_CUE_NOUNS = frozenset({"movie", "film", "show", "book"})
 _SUBJECTS = frozenset({"i", "you", "we", "they", "he", "she"})
 _COMPOUND_JOINERS = frozenset({"-", "/", "–", "‐"})
 # "about" names a title in "what about Heat", not in "a movie about demons".
@@ -184,7 +186,7 @@ class _Token:
 class _AttrEntry:
     field: str
     value: str
-    # Single common words from person-name fields ("Common", "Will") match only when capitalised in text.
+    # One-word values from person-name fields ("Common") match only when capitalised in the text.
     needs_caps: bool
 
 
@@ -247,10 +249,22 @@ def _singular_forms(word: str) -> list[str]:
     forms = []
     if word.endswith("ies"):
         forms.append(word[:-3] + "y")
-    if word.endswith("es") and word[-3] in "sxzh":
-        forms.append(word[:-2])
+    if word.endswith("es") and (word[-3] in "sxzh" or word.endswith("oes")):
+        forms.append(word[:-2])  # "boxes", "heroes"
     forms.append(word[:-1])
     return [f for f in forms if len(f) >= 3]
+
+
+def _number_forms(word: str) -> list[str]:
+    """The other grammatical number of an English noun: singular candidates of a plural, else plurals."""
+    singulars = _singular_forms(word)
+    if singulars:
+        return singulars
+    if len(word) < 4 or word.isdigit() or word in _STOPWORDS:
+        return []  # "new" is not "news"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return [word[:-1] + "ies", word + "s"]
+    return [word + "s", word + "es"] if word[-1] in "sxzh" else [word + "s"]
 
 
 def _everyday_phrase(words: list[str]) -> bool:
@@ -325,18 +339,17 @@ class EntityLinker:
 
     def _build_attributes(self) -> None:
         # field -> raw value -> number of items; normalising distinct values only keeps this fast.
+        occurrences = Counter((name, value, value == item.title) for item in self._catalog
+                              for name, value in item.attribute_values() if 0 < len(value) <= _MAX_ATTR_CHARS)
         raw: dict[str, Counter[str]] = {}
         title_copies: Counter[str] = Counter()
-        for item in self._catalog:
-            for name, value in item.attribute_values():
-                if not value or len(value) > _MAX_ATTR_CHARS:
-                    continue
-                counts = raw.get(name)
-                if counts is None:
-                    counts = raw[name] = Counter()
-                counts[value] += 1
-                if value == item.title:
-                    title_copies[name] += 1
+        for (name, value, is_title), n in occurrences.items():
+            counts = raw.get(name)
+            if counts is None:
+                counts = raw[name] = Counter()
+            counts[value] += n
+            if is_title:
+                title_copies[name] += n
 
         self._attr: dict[str, list[_AttrEntry]] = {}
         self._attr_compact: dict[str, str] = {}
@@ -344,6 +357,7 @@ class EntityLinker:
         # last name ("Keanu", "Hitchcock") may.
         self._name_values: set[str] = set()
         self._name_tokens: set[str] = set()
+        self._name_fields: set[str] = set()
         norm_cache: dict[str, str] = {}
         generic_items: Counter[str] = Counter()
         for name, counts in raw.items():
@@ -366,33 +380,32 @@ class EntityLinker:
                     keyed[key] = (value, n)
             if not keyed:
                 continue
-            # Person-name fields: mostly capitalised multi-word values ("Tom Hanks").
+            # Person-name fields: mostly capitalised two-to-four-word values ("Tom Hanks") that rarely
+            # repeat; Title-Case categories ("Cell Phones") repeat across many items.
             sample = list(islice(keyed.items(), 500))
-            names_field = (sum(1 for key, _ in sample if " " in key) >= 0.7 * len(sample)
+            names_field = (len(keyed) >= 0.3 * rows
+                           and sum(1 for key, _ in sample if 2 <= key.count(" ") + 1 <= 4) >= 0.6 * len(sample)
                            and sum(1 for _, (value, _) in sample if value[:1].isupper()) >= 0.7 * len(sample))
             # A controlled vocabulary (genres, categories) rather than free tags or names.
             vocabulary = not names_field and len(keyed) <= max(50, 0.2 * rows)
+            if names_field:
+                self._name_fields.add(name)
             for key, (value, n) in keyed.items():
                 words = key.split()
                 if len(words) == 1:
                     word = words[0]
                     if len(word) < 3 or word in _STOPWORDS or _ID_LIKE_RE.match(word):
                         continue
-                needs_caps = names_field and len(words) == 1 and (word in _COMMON_WORDS or word in _CUE_WORDS)
+                # A one-word name ("Common", "Madonna") only when written like a name.
+                needs_caps = names_field and len(words) == 1
                 if names_field and len(words) > 1:
                     self._name_values.add(key)
-                    self._name_tokens.update(w for w in words if len(w) >= 3 and w not in _STOPWORDS)
+                    self._name_tokens.update(words)
                 self._attr.setdefault(key, []).append(_AttrEntry(name, value, needs_caps))
                 if vocabulary:
                     generic_items[key] += n
         self._generic_values = {key for key, n in generic_items.items() if n >= 2}
-        # Plural/singular variants point at the same entries, without shadowing a real value.
-        for key in list(self._attr):
-            words = key.split()
-            for form in _singular_forms(words[-1]):
-                alias = " ".join([*words[:-1], form])
-                if alias not in self._attr:
-                    self._attr[alias] = self._attr[key]
+        self._name_tokens = {w for w in self._name_tokens if len(w) >= 3 and w not in _STOPWORDS}
         self._attr_max_n = min(_MAX_NGRAM, max((k.count(" ") + 1 for k in self._attr), default=1))
         fuzzy_keys = [k for k in self._attr if " " in k and len(k) >= 6]
         for key in fuzzy_keys:
@@ -432,13 +445,14 @@ class EntityLinker:
         self._primary = primary
         self._secondary = {k: v for k, v in secondary.items() if k not in primary or
                            any(i not in primary[k] for i in v)}
-        all_keys = set(primary) | set(self._secondary)
+        # Sorted so that ties (shared compact forms, equal fuzzy scores) break the same way every run.
+        all_keys = sorted(set(primary) | set(self._secondary))
         self._first_words = {k.split(" ", 1)[0] for k in all_keys}
         self._max_n = min(_MAX_NGRAM, max((k.count(" ") + 1 for k in all_keys), default=1))
         self._compact: dict[str, str] = {}
         for key in all_keys:
             compact = key.replace(" ", "")
-            if " " in key and len(compact) >= 6 and compact not in all_keys:
+            if " " in key and len(compact) >= 6 and compact not in primary and compact not in self._secondary:
                 self._compact.setdefault(compact, key)
 
         single = {k for k in all_keys if " " not in k}
@@ -457,7 +471,7 @@ class EntityLinker:
                     bucket = self._keys_by_year.setdefault(year, [])
                     if not bucket or bucket[-1] != key:
                         bucket.append(key)
-        self._all_keys = sorted(all_keys)
+        self._all_keys = all_keys
 
     def _catalog_usage(self, words: set[str], phrases: set[str]) -> tuple[set[str], set[str] | None]:
         """Which single-word titles and everyday-word phrases the catalog's own text uses in lowercase.
@@ -468,28 +482,29 @@ class EntityLinker:
         """
         items = self._catalog.items
         step = max(1, len(items) // _COMMON_DOC_SAMPLE)
-        firsts = {p.split(" ", 1)[0] for p in phrases}
-        lengths = sorted({p.count(" ") + 1 for p in phrases})
-        counts: Counter[str] = Counter()
-        used_phrases: set[str] = set()
+        bigrams = {tuple(p.split()) for p in phrases if p.count(" ") == 1}
+        trigrams = {tuple(p.split()) for p in phrases if p.count(" ") == 2}
+        used_words: set[str] = set()
+        used_phrases: set[tuple[str, ...]] = set()
         docs_with_text = 0
         for item in items[::step]:
-            values = [v for v in item.text.values() if v != item.title]
-            values += [v for vs in item.lists.values() for v in vs]
-            found: set[str] = set()
-            for value in values:
-                # Capitalised words become "" so that they also break phrases.
-                lower = [t if t[0].islower() else "" for t in _TOKEN_RE.findall(value)]
-                found.update(lower)
-                for i, token in enumerate(lower):
-                    if token in firsts:
-                        for n in lengths:
-                            phrase = " ".join(lower[i:i + n])
-                            if phrase in phrases:
-                                used_phrases.add(phrase)
-            docs_with_text += bool(found)
-            counts.update(found & words)
-        return set(counts), (used_phrases if docs_with_text >= _MIN_TEXT_DOCS else None)
+            parts = [v for v in item.text.values() if v != item.title]
+            for name, values in item.lists.items():
+                if name not in self._name_fields:  # capitalised names say nothing about lowercase use
+                    parts.extend(values)
+            if not parts:
+                continue
+            docs_with_text += 1
+            # Capitalised words (and the separator between values) become "" so that they break phrases.
+            lower = _LOWER_OR_BREAK_RE.findall(" X ".join(parts))
+            used_words.update(words.intersection(lower))
+            if bigrams:
+                used_phrases.update(bigrams.intersection(zip(lower, lower[1:], strict=False)))
+            if trigrams:
+                used_phrases.update(trigrams.intersection(zip(lower, lower[1:], lower[2:], strict=False)))
+        if docs_with_text < _MIN_TEXT_DOCS:
+            return used_words, None
+        return used_words, {" ".join(p) for p in used_phrases}
 
     def _title_tier(self, key: str, variant_only: bool, catalog_common: set[str],
                     catalog_phrases: set[str] | None) -> int:
@@ -515,8 +530,9 @@ class EntityLinker:
         if _everyday_phrase(words):
             function_word = any(w in _STOPWORDS for w in words)
             if catalog_phrases is not None and key not in catalog_phrases:
-                # Everyday words, but not a phrase the catalog's text ever uses: "fight club", "gone girl".
-                return _NEEDS_CUE if function_word else _FREE
+                # Everyday words, but not a phrase the catalog's text uses ("fight club", "gone girl"): still
+                # chat may ("date night", "old school"), so lowercase needs a cue.
+                return _NEEDS_CUE if function_word else _NEEDS_CASE
             # An everyday phrase; with a function word in it ("the others", "something new") it is part of
             # ordinary sentences so often that a cue word alone is not enough.
             return _NEEDS_STRONG if function_word else _NEEDS_CUE
@@ -620,6 +636,8 @@ class EntityLinker:
             return False
         if msg.norms[s - 1] == "about" and (s < 2 or msg.norms[s - 2] not in _ABOUT_LEADS):
             return False
+        if msg.norms[s - 1] in _CUE_NOUNS and (s < 2 or msg.norms[s - 2] != "the"):
+            return False  # "the movie Heat", not "a great movie last night"
         if e >= len(msg.tokens):
             return True
         return bool(msg.gap(e - 1, e).strip()) or msg.norms[e] in _AFTER_CUE_OK
@@ -843,8 +861,9 @@ class EntityLinker:
                 key = " ".join(norms[s:e])
                 entries = self._attr.get(key)
                 if entries is None:
+                    # Plurals either way: "comedies" finds "comedy", "headphone" finds "headphones".
                     head, _, last = key.rpartition(" ")
-                    for form in _singular_forms(last):
+                    for form in _number_forms(last):
                         entries = self._attr.get(f"{head} {form}" if head else form)
                         if entries is not None:
                             break

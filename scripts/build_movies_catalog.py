@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--out", type=Path, default=ROOT / "retrieval" / "data")
     parser.add_argument("--skip-weights", action="store_true", help="keep default fusion weights")
+    parser.add_argument("--data-dir", type=Path, help="reuse this recchat data dir for the index (default: temporary)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -133,7 +134,7 @@ def main() -> None:
         from retrieval.settings import Settings
 
         with tempfile.TemporaryDirectory() as tmp:
-            library = Library(Settings(data_dir=Path(tmp)))
+            library = Library(Settings(data_dir=args.data_dir or Path(tmp)))
             library.add(catalog)
             priors.weights = fit_weights(dialogs, catalog, library.store, library.embedder, priors.neighbours)
         print(f"fusion weights: {priors.weights}", file=sys.stderr)

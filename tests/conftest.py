@@ -80,3 +80,13 @@ def shared_or_skip(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"dataset not available: {path} (../shared/datasets is absent)")
     return path
+
+
+@pytest.fixture(scope="session")
+def converted_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default LM converted once from GGUF to a safetensors folder, shared by the tests that need it."""
+    from chatbot.lm import LanguageModel
+    from retrieval.settings import Settings
+
+    lm = LanguageModel(Settings(data_dir=tmp_path_factory.mktemp("lm-cache")))
+    return lm.model_folder()

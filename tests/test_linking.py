@@ -186,6 +186,40 @@ def test_title_inside_a_person_name_is_not_linked(linker: EntityLinker) -> None:
     assert _ids(linker.link_items("I liked Keanu a lot")) == ["keanu"]
 
 
+def test_pronouns_verbs_interjections_and_compounds_are_not_titles(movies: Catalog) -> None:
+    extra = [_movie("loved", "Loved (1997)", 1997), _movie("cop", "Cop (1988)", 1988),
+             _movie("yes", "Yes (2004)", 2004)]
+    linker = EntityLinker(Catalog("c", [*movies, *extra]))
+    assert linker.link_items("Up is a great one, It makes me cry") == []
+    assert linker.link_items("Yes and I Loved it!") == []
+    assert linker.link_items("Oh Yes, that one was good") == []
+    assert linker.link_items("An Ex-Cop is caught up in a conspiracy") == []
+    assert _ids(linker.link_items("Last week I watched Cop with my dad")) == ["cop"]
+
+
+def test_everyday_phrase_titles_need_evidence(movies: Catalog) -> None:
+    extra = [_movie("lastnight", "Last Night (2010)", 2010), _movie("gamenight", "Game Night (2018)", 2018)]
+    linker = EntityLinker(Catalog("c", [*movies, *extra]))
+    assert linker.link_items("I watched a great movie last night") == []
+    assert linker.link_items("any ideas for a game night with friends?") == []
+    assert _ids(linker.link_items("I really loved Game Night")) == ["gamenight"]
+
+
+def test_sequel_number_does_not_block_the_real_sequel(movies: Catalog) -> None:
+    extra = [_movie("inc1", "The Incredibles (2004)", 2004), _movie("inc2", "Incredibles 2 (2018)", 2018)]
+    linker = EntityLinker(Catalog("c", [*movies, *extra]))
+    assert _ids(linker.link_items("Did you see the Incredibles 2 yesterday?")) == ["inc2"]
+    assert _ids(linker.link_items("Did you see the Incredibles yesterday?")) == ["inc1"]
+
+
+def test_title_equal_to_a_person_name_needs_a_cue(movies: Catalog) -> None:
+    extra = [_movie("stunts", "Jackie Chan: My Stunts (1999)", 1999),
+             _movie("rush", "Rush Hour (1998)", 1998, star=["Jackie Chan", "Chris Tucker"])]
+    linker = EntityLinker(Catalog("c", [*movies, *extra]))
+    assert _ids(linker.link_items("Rush Hour is with jackie chan")) == ["rush"]
+    assert ("star", "Jackie Chan") in _pairs(linker.link_attributes("Rush Hour is with jackie chan"))
+
+
 def test_generic_attribute_word_is_not_a_title(linker: EntityLinker) -> None:
     # "thriller" is a genre of several items, so the film "Thriller" needs strong evidence.
     assert linker.link_items("i like thriller movies") == []
@@ -249,6 +283,19 @@ def test_attribute_values_short_stopword_and_long_are_skipped() -> None:
     assert _pairs(linker.link_attributes("something cozy")) == {("tag", "cozy")}
 
 
+def test_attribute_plural_guard_and_one_word_names() -> None:
+    items = [
+        Item(id="a", title="Daily Show", lists={"genre": ["news", "talk"], "star": ["Common", "Jon Stewart"]}),
+        Item(id="b", title="Other Show", lists={"genre": ["news"], "star": ["Jon Stewart", "Trevor Noah"]}),
+    ]
+    linker = EntityLinker(Catalog("t", items))
+    assert linker.link_attributes("something new please") == []  # "new" is not the plural-less "news"
+    assert _pairs(linker.link_attributes("any news shows?")) == {("genre", "news")}
+    assert linker.link_attributes("we share a common goal") == []
+    assert _pairs(linker.link_attributes("I like Common and jon stewart")) == {
+        ("star", "Common"), ("star", "Jon Stewart")}
+
+
 def test_attribute_word_boundaries(linker: EntityLinker) -> None:
     # "crime" must not match inside "crimean", nor "drama" inside "dramatic".
     assert linker.link_attributes("a crimean dramatic story") == []
@@ -285,6 +332,8 @@ def test_product_attributes(products: Catalog) -> None:
     pairs = _pairs(linker.link_attributes("Show me black phones from Samsung or apple"))
     assert pairs == {("colour", "black"), ("category", "phone"), ("brand", "Samsung"), ("brand", "Apple")}
     assert _pairs(linker.link_attributes("tablets", fields=["category"])) == {("category", "tablet")}
+    # Plurals in either direction: the catalog says "headphones".
+    assert _pairs(linker.link_attributes("a silver headphone")) == {("colour", "silver"), ("category", "headphones")}
 
 
 # ---------------------------------------------------------------- resolve_title

@@ -1,0 +1,361 @@
+"""Justifications: one or two sentences on why a recommended item fits what the user said.
+
+Two implementations of `Justifier`: `TemplateJustifier` builds the text from the item's record only
+(deterministic, instant, never wrong), and `LMJustifier` lets the language model write it and keeps
+only sentences that pass the `GroundingChecker`, falling back to the template when none passes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from chatbot.grounding import COMMON_WORDS, GroundingChecker, normalise, stem
+from retrieval.catalog import MAX_SHORT_STRING, Item
+
+if TYPE_CHECKING:
+    from chatbot.lm import LanguageModel
+
+_SKIP_FIELD_RE = re.compile(r"(^|_)(id|ids|url|urls|link|links|image|images|sku|asin|isbn)$|_title$",
+                            re.IGNORECASE)
+_NEGATION_RE = re.compile(r"\b(not|no|never|without|don'?t|avoid|hate|dislike)\b", re.IGNORECASE)
+# A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace; a digit before the
+# dot is allowed ("released in 1995."), the whitespace requirement keeps "4.5" in one piece.
+_SENTENCE_END_RE = re.compile(r"[.!?]+[\"')\]]*(?=\s)")
+_FINAL_END_RE = re.compile(r"[.!?]+[\"')\]]*\s*$")
+
+
+@dataclass
+class JustificationRequest:
+    """What a justification is about: the item, what the user said, and what they like.
+
+    ``user_likes`` holds liked titles and stated wishes or attribute values, e.g.
+    ``["Heat (1995)", "action", "not too violent"]``.
+    """
+
+    item: Item
+    user_text: str = ""
+    user_likes: list[str] = field(default_factory=list)
+
+
+class Justifier(Protocol):
+    """Explains why an item fits the user; `stream` yields pieces that concatenate to the text."""
+
+    def justify(self, request: JustificationRequest) -> str:
+        """The whole justification."""
+        ...
+
+    def stream(self, request: JustificationRequest) -> Iterator[str]:
+        """The justification in pieces, as soon as each is final."""
+        ...
+
+
+def _field_label(name: str) -> str:
+    return name.replace("_", " ").strip()
+
+
+def _format_number(value: float) -> str:
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _shorten(text: str, limit: int) -> str:
+    """First sentence of ``text``, cut at a word boundary to at most ``limit`` characters."""
+    text = " ".join(text.split())
+    match = _SENTENCE_END_RE.search(text + " ")
+    first = text[: match.end()] if match else text
+    if len(first) <= limit:
+        return first
+    cut = first[:limit].rsplit(" ", 1)[0].rstrip(",;:-")
+    return cut + "..."
+
+
+def main_text_field(item: Item) -> tuple[str, str] | None:
+    """The item's main free-text field (the longest text value longer than a short attribute)."""
+    texts = [(name, value) for name, value in item.text.items()
+             if len(value) > MAX_SHORT_STRING and not _SKIP_FIELD_RE.search(name)]
+    return max(texts, key=lambda pair: len(pair[1])) if texts else None
+
+
+def _matches(like: str, value: str) -> bool:
+    """Whether a stated like and a record value name the same thing (whole words, plurals folded)."""
+    like_words = [stem(w) for w in normalise(like).split() if w not in COMMON_WORDS]
+    value_words = [stem(w) for w in normalise(value).split()]
+    if not like_words or not value_words:
+        return False
+    like_text, value_text = f" {' '.join(like_words)} ", f" {' '.join(value_words)} "
+    return value_text in like_text or like_text in value_text
+
+
+def overlap(item: Item, likes: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(like, field, record value) triples where something the user likes is in the item's record.
+
+    Negative wishes ("not too violent") never count as something liked.
+    """
+    found: list[tuple[str, str, str]] = []
+    for like in likes:
+        if not like.strip() or _NEGATION_RE.search(like) or normalise(like) == normalise(item.title):
+            continue
+        for name, value in item.attribute_values():
+            if not _SKIP_FIELD_RE.search(name) and _matches(like, value):
+                found.append((like, name, value))
+    return found
+
+
+class TemplateJustifier:
+    """Deterministic justification built only from the item's record.
+
+    Sentence one names what the user likes that the record contains, then the item's key attributes
+    (field names as the catalog has them); sentence two is the start of the main free-text field.
+    Everything quoted comes from the record, so the grounding check always passes.
+
+    >>> TemplateJustifier().justify(JustificationRequest(heat, "", ["action"]))  # doctest: +SKIP
+    'Since you like action, Heat (1995) fits: genre: action, crime, drama; director: Michael Mann. ...'
+    """
+
+    def __init__(self, max_fields: int = 3, max_values: int = 3, max_numbers: int = 2,
+                 max_text_chars: int = 160) -> None:
+        self.max_fields = max_fields
+        self.max_values = max_values
+        self.max_numbers = max_numbers
+        self.max_text_chars = max_text_chars
+
+    def sentences(self, request: JustificationRequest) -> list[str]:
+        """The one or two sentences of the justification."""
+        item = request.item
+        matched = overlap(item, request.user_likes)
+        fields: dict[str, list[str]] = {}
+        for _, name, value in matched:  # overlapping fields first, matched values first
+            fields.setdefault(name, [])
+            if value not in fields[name]:
+                fields[name].append(value)
+        for name, values in item.lists.items():
+            if len(fields) >= self.max_fields:
+                break
+            if values and not _SKIP_FIELD_RE.search(name) and name not in fields:
+                fields[name] = []
+        for name, value in item.text.items():
+            if len(fields) >= self.max_fields:
+                break
+            if len(value) <= MAX_SHORT_STRING and not _SKIP_FIELD_RE.search(name) and name not in fields:
+                fields[name] = [value]
+        parts = []
+        for name, first in fields.items():
+            rest = [v for v in item.lists.get(name, []) if v not in first]
+            values = (first + rest)[: max(self.max_values, len(first))]
+            parts.append(f"{_field_label(name)}: {', '.join(values)}")
+        numbers = [f"{_field_label(name)}: {_format_number(value)}" for name, value in item.numbers.items()
+                   if not _SKIP_FIELD_RE.search(name) and _format_number(value) not in item.title]
+        parts += numbers[: self.max_numbers]
+
+        liked = list(dict.fromkeys(like.strip() for like, _, _ in matched))
+        if liked:
+            head = f"Since you like {_join(liked[:3])}, {item.title} fits"
+        else:
+            head = f"{item.title} could suit you"
+        first_sentence = f"{head}: {'; '.join(parts)}." if parts else f"{head}."
+        out = [first_sentence]
+        main = main_text_field(item)
+        if main is not None:
+            snippet = _shorten(main[1], self.max_text_chars).rstrip()
+            if snippet and snippet[-1] not in ".!?":
+                snippet += "."
+            out.append(f"{_field_label(main[0]).capitalize()}: {snippet}")
+        return out
+
+    def justify(self, request: JustificationRequest) -> str:
+        """The justification text (one or two sentences)."""
+        return " ".join(self.sentences(request))
+
+    def stream(self, request: JustificationRequest) -> Iterator[str]:
+        """The sentences one by one (with the separating space), concatenating to `justify`."""
+        for i, sentence in enumerate(self.sentences(request)):
+            yield sentence if i == 0 else " " + sentence
+
+
+def _join(words: Sequence[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+SYSTEM_PROMPT = ("You explain in one or two short sentences why an item fits what the user likes. "
+                 "Use only the facts given about the item. Do not mention any other title, person or number.")
+
+
+def justification_prompt(request: JustificationRequest, max_text_chars: int = 300) -> list[dict[str, str]]:
+    """Chat messages for the LM: the item's own record (nothing else) and the user's likes."""
+    item = request.item
+    lines = [f"Item: {item.title}"]
+    for name, values in item.lists.items():
+        if values and not _SKIP_FIELD_RE.search(name):
+            lines.append(f"{_field_label(name)}: {', '.join(values[:5])}")
+    for name, number in item.numbers.items():
+        if not _SKIP_FIELD_RE.search(name):
+            lines.append(f"{_field_label(name)}: {_format_number(number)}")
+    for name, value in item.text.items():
+        if not _SKIP_FIELD_RE.search(name):
+            lines.append(f"{_field_label(name)}: {_shorten(value, max_text_chars)}")
+    likes = ", ".join(like for like in request.user_likes if like.strip()) or "not stated"
+    user = "\n".join(lines) + f"\n\nThe user likes: {likes}\n"
+    said = " ".join(request.user_text.split())
+    if said:
+        user += f"The user said: {said[-300:]}\n"
+    user += f"\nIn one or two sentences, tell the user why {item.title} fits what they like."
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def answer_start(request: JustificationRequest) -> str:
+    """The words the LM's answer is made to start with.
+
+    A 135M-parameter model tends to repeat the instruction instead of following it; starting its
+    answer with the user's likes and the item's title keeps it on topic and makes it refer to the user.
+    """
+    likes = [like.strip() for like in request.user_likes if like.strip() and not _NEGATION_RE.search(like)]
+    matched = list(dict.fromkeys(like for like, _, _ in overlap(request.item, likes)))
+    chosen = (matched or likes)[:2]
+    if chosen:
+        return f"Since you like {_join(chosen)}, you may enjoy {request.item.title} because"
+    return f"You may enjoy {request.item.title} because"
+
+
+class _SentenceLimit:
+    """Stopping criterion: stop after ``limit`` complete sentences, or when ``cancel`` is set."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, limit: int, cancel: threading.Event) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.limit = limit
+        self.cancel = cancel
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.cancel.is_set():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
+        ends = len(_SENTENCE_END_RE.findall(text.strip()))
+        # A final "." with nothing after it yet ends a sentence too, unless it follows a digit
+        # (it may be a decimal point).
+        if _FINAL_END_RE.search(text) and not re.search(r"\d\.\s*$", text):
+            ends += 1
+        done = ends >= self.limit
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def split_sentences(text: str) -> tuple[list[str], str]:
+    """Complete sentences of ``text`` (whitespace collapsed) and the unfinished rest (as is)."""
+    sentences: list[str] = []
+    start = 0
+    for match in _SENTENCE_END_RE.finditer(text):
+        sentence = " ".join(text[start:match.end()].split())
+        if sentence:
+            sentences.append(sentence)
+        start = match.end()
+    return sentences, text[start:]
+
+
+class LMJustifier:
+    """`Justifier` that lets the language model write, then keeps only grounded sentences.
+
+    Greedy decoding of at most ``max_new_tokens`` tokens, stopped after the second sentence. The text
+    is checked sentence by sentence as it is generated: a sentence is emitted only when
+    `GroundingChecker.unsupported_claims` finds nothing in it (support: the item's record, the user's
+    words and likes); a sentence with an invented fact is dropped, and an unfinished last sentence
+    (cut by the token limit) is dropped too. If no sentence survives, the template text is emitted
+    instead. `justify` is the concatenation of `stream`, so both always agree.
+    """
+
+    def __init__(self, lm: LanguageModel, checker: GroundingChecker,
+                 fallback: TemplateJustifier | None = None, *, max_new_tokens: int = 48,
+                 max_sentences: int = 2) -> None:
+        self.lm = lm
+        self.checker = checker
+        self.fallback = fallback or TemplateJustifier()
+        self.max_new_tokens = max_new_tokens
+        self.max_sentences = max_sentences
+        self.last_outcome: str = ""  # "lm", "partial" or "fallback": for evaluation and logs
+
+    def justify(self, request: JustificationRequest) -> str:
+        """The whole justification (the joined `stream`)."""
+        return "".join(self.stream(request))
+
+    def stream(self, request: JustificationRequest) -> Iterator[str]:
+        """Grounded sentences as soon as each is complete, else the template text."""
+        support = " ".join([request.user_text, *request.user_likes])
+        emitted = 0
+        dropped = 0
+        buffer = ""
+        with closing(self.generate(request)) as pieces:
+            for piece in pieces:
+                buffer += piece
+                sentences, buffer = split_sentences(buffer)
+                for sentence in sentences:
+                    if self.checker.unsupported_claims(sentence, request.item, support):
+                        dropped += 1
+                        continue
+                    yield sentence if emitted == 0 else " " + sentence
+                    emitted += 1
+                    if emitted >= self.max_sentences:
+                        break
+                if emitted >= self.max_sentences:
+                    buffer = ""
+                    break  # closing() stops the generation thread
+        tail = " ".join(buffer.split())
+        if tail and emitted < self.max_sentences and _FINAL_END_RE.search(tail):
+            if self.checker.unsupported_claims(tail, request.item, support):
+                dropped += 1
+            else:
+                yield tail if emitted == 0 else " " + tail
+                emitted += 1
+        if emitted == 0:
+            self.last_outcome = "fallback"
+            yield from self.fallback.stream(request)
+        else:
+            self.last_outcome = "partial" if dropped else "lm"
+
+    def raw(self, request: JustificationRequest) -> str:
+        """The LM's unchecked text (for evaluation and debugging)."""
+        return "".join(self.generate(request)).strip()
+
+    def generate(self, request: JustificationRequest) -> Iterator[str]:
+        """Raw generated text pieces, streamed from a generation thread that holds the LM lock."""
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        tokenizer, model = self.lm.tokenizer, self.lm.model
+        start = answer_start(request)
+        prompt = tokenizer.apply_chat_template(justification_prompt(request), add_generation_prompt=True,
+                                               tokenize=False) + start
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        input_ids = ids["input_ids"].to(self.lm.device)
+        cancel = threading.Event()
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        criteria = StoppingCriteriaList([_SentenceLimit(tokenizer, input_ids.shape[1], self.max_sentences,
+                                                        cancel)])
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self.lm.lock:
+                    model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(self.lm.device),
+                                   max_new_tokens=self.max_new_tokens, do_sample=False, streamer=streamer,
+                                   stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="lm-justify", daemon=True)
+        thread.start()
+        try:
+            yield start
+            yield from streamer
+        finally:
+            cancel.set()  # a consumer that stops early also stops the generation
+            thread.join()
+        if errors:
+            raise errors[0]

@@ -1,0 +1,84 @@
+"""Benchmarks (figures for the closing notes, never timed tests)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatbot.service import Chatbot
+from eval.metrics import percentile
+
+# Five-turn conversations, cycled: each turn asks for recommendations or about one.
+MOVIE_SCRIPT = (
+    "I loved Heat (1995), can you recommend something similar?",
+    "Something less violent please",
+    "Who directed the second one?",
+    "I've seen the first one already",
+    "Any comedies from the 90s?",
+)
+GENERIC_SCRIPT = (
+    "What do you recommend for a beginner?",
+    "Something cheaper please",
+    "Tell me more about the second one",
+    "I don't like the first one",
+    "Show me something different",
+)
+
+
+@dataclass
+class TurnBench:
+    turns: int
+    recommend_turns: int
+    total_ms: dict[str, float]
+    first_token_ms: dict[str, float]
+    split_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    recommend_total_ms: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def bench_turns(
+    bot: Chatbot, catalog: str | None, turns: int = 100, script: tuple[str, ...] | None = None
+) -> TurnBench:
+    """Run ``turns`` scripted user turns through the service; time each end to end and by stage."""
+    name = catalog or bot.settings.default_catalog
+    script = script or (MOVIE_SCRIPT if name == "movies" else GENERIC_SCRIPT)
+    bot.warm_up(name)
+    totals: list[float] = []
+    firsts: list[float] = []
+    rec_totals: list[float] = []
+    stages: dict[str, list[float]] = {"understand": [], "retrieval": [], "ranking": [], "generation": []}
+    session = None
+    for n in range(turns):
+        if n % len(script) == 0:
+            if session is not None:
+                bot.delete_session(session)
+            session = bot.create_session(name).id
+        first: list[float] = []
+        start = time.perf_counter()
+
+        def on_token(piece: str, start: float = start, first: list[float] = first) -> None:
+            if not first and piece.strip():
+                first.append((time.perf_counter() - start) * 1000)
+
+        reply = bot.send(session, script[n % len(script)], on_token=on_token)
+        totals.append((time.perf_counter() - start) * 1000)
+        firsts.append(first[0] if first else totals[-1])
+        if reply.act == "recommend":
+            rec_totals.append(totals[-1])
+        for stage in stages:
+            if stage in reply.timings_ms:
+                stages[stage].append(reply.timings_ms[stage])
+    if session is not None:
+        bot.delete_session(session)
+
+    def summary(values: list[float]) -> dict[str, float]:
+        return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1), "n": len(values)}
+
+    device = bot.lm.device if bot.use_lm else "cpu"
+    return TurnBench(turns=turns, recommend_turns=len(rec_totals), total_ms=summary(totals),
+                     first_token_ms=summary(firsts), split_ms={k: summary(v) for k, v in stages.items() if v},
+                     recommend_total_ms=summary(rec_totals), device=device)

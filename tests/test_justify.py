@@ -1,0 +1,123 @@
+"""Justifiers: the template quotes only the record; the LM justifier is grounded or falls back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from chatbot.grounding import GroundingChecker
+from chatbot.justify import (
+    JustificationRequest,
+    LMJustifier,
+    TemplateJustifier,
+    answer_start,
+    justification_prompt,
+    overlap,
+    split_sentences,
+)
+from chatbot.lm import LanguageModel
+from retrieval.catalog import Catalog, Item, load_catalog
+from retrieval.settings import Settings
+from tests.conftest import DATA
+
+
+@pytest.fixture(scope="module")
+def movies() -> Catalog:
+    return load_catalog(DATA / "movies_small.jsonl", "movies_small")
+
+
+@pytest.fixture(scope="module")
+def products() -> Catalog:
+    return load_catalog(DATA / "products.csv", "products")
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> LanguageModel:
+    # The same session-wide data dir as tests/test_lm.py: whichever module runs first converts the GGUF.
+    model = LanguageModel(Settings(data_dir=tmp_path_factory.getbasetemp() / "recchat-lm", device="cpu"))
+    model.model  # noqa: B018
+    return model
+
+
+class RejectEverything(GroundingChecker):
+    """A checker that finds every sentence unsupported, to force the fallback."""
+
+    def unsupported_claims(self, text: str, item: Item, user_text: str = "") -> list[str]:
+        return [text]
+
+
+def check(checker: GroundingChecker, text: str, request: JustificationRequest) -> list[str]:
+    return checker.unsupported_claims(text, request.item, " ".join([request.user_text, *request.user_likes]))
+
+
+def test_template_for_a_movie_mentions_the_overlap_and_only_record_facts(movies: Catalog) -> None:
+    checker = GroundingChecker(movies)
+    request = JustificationRequest(movies["176314"], "I love action films with Al Pacino",
+                                   ["Heat (1995)", "action", "Al Pacino", "not too violent"])
+    text = TemplateJustifier().justify(request)
+    assert text.startswith("Since you like action and Al Pacino, Heat (1995) fits: genre: action")
+    assert "star: Al Pacino" in text and "Plot: A group of high-end professional thieves" in text
+    assert check(checker, text, request) == []
+    assert checker.refers_to_user(text, request.user_likes)
+    assert "violent" not in text  # a negative wish is never presented as a like
+
+
+def test_template_for_a_product_uses_its_own_fields_and_numbers(products: Catalog) -> None:
+    checker = GroundingChecker(products)
+    phone = products["p-003"]
+    request = JustificationRequest(phone, "a phone with a great camera", ["camera", "Samsung"])
+    text = TemplateJustifier().justify(request)
+    assert "price: 1299.99" in text and "rating: 4.7" in text and "brand: Samsung" in text
+    assert "Description: A flagship phone with a 200 MP camera" in text
+    assert check(checker, text, request) == []
+    assert checker.refers_to_user(text, request.user_likes)
+    assert "".join(TemplateJustifier().stream(request)) == text
+
+
+def test_template_without_overlap_still_only_quotes_the_record(movies: Catalog) -> None:
+    checker = GroundingChecker(movies)
+    request = JustificationRequest(movies["80067"], "", ["westerns"])
+    text = TemplateJustifier().justify(request)
+    assert text.startswith("Toy Story (1995) could suit you:")
+    assert check(checker, text, request) == []
+
+
+def test_overlap_and_prompt_are_schema_free(products: Catalog) -> None:
+    phone = products["p-001"]
+    assert ("rugged phones", "tags", "rugged") in overlap(phone, ["rugged phones", "no budget limit"])
+    content = justification_prompt(JustificationRequest(phone, "", ["rugged"]))[1]["content"]
+    assert "Item: Nokia G42 5G" in content and "price: 249" in content and "brand: Nokia" in content
+    assert "Samsung" not in content  # only this item's record goes into the prompt
+    assert answer_start(JustificationRequest(phone, "", ["rugged", "not too big"])) == (
+        "Since you like rugged, you may enjoy Nokia G42 5G because")
+
+
+def test_split_sentences_keeps_decimals_and_spaces() -> None:
+    assert split_sentences("It is rated 4.5 today. It costs $12. And th") == (
+        ["It is rated 4.5 today.", "It costs $12."], " And th")
+
+
+@pytest.mark.slow
+def test_lm_justification_is_grounded_and_stream_matches(lm: LanguageModel, movies: Catalog) -> None:
+    checker = GroundingChecker(movies)
+    justifier = LMJustifier(lm, checker)
+    request = JustificationRequest(movies["176314"], "I want a tense crime film. I loved The Departed.",
+                                   ["The Departed (2006)", "crime"])
+    text = justifier.justify(request)
+    assert text.strip() and justifier.last_outcome in {"lm", "partial", "fallback"}
+    assert check(checker, text, request) == []
+    pieces = list(justifier.stream(request))
+    assert "".join(pieces) == text  # greedy decoding: the same text, streamed
+    if justifier.last_outcome != "fallback":
+        assert pieces[0].startswith("Since you like")
+
+
+@pytest.mark.slow
+def test_lm_justifier_falls_back_to_the_template(lm: LanguageModel, products: Catalog) -> None:
+    request = JustificationRequest(products["p-001"], "a cheap rugged phone", ["rugged", "budget"])
+    justifier = LMJustifier(lm, RejectEverything(products))
+    pieces: Sequence[str] = list(justifier.stream(request))
+    assert "".join(pieces) == TemplateJustifier().justify(request)
+    assert justifier.last_outcome == "fallback"
+    assert len(justifier.raw(request).split()) > 3  # the LM did write something; it was rejected
