@@ -286,7 +286,7 @@ class SessionSummary(BaseModel):
     catalog: str
     created: float
     updated: float
-    messages: int
+    message_count: int
 
 
 class SessionList(BaseModel):
@@ -559,7 +559,8 @@ class RequestContextMiddleware:
             client = scope.get("client")
             quiet = scope.get("path") in _PROBE_PATHS and response_status < 500  # probes poll often
             log_event(
-                logging.DEBUG if quiet else logging.INFO, "request", method=scope.get("method"), path=scope.get("path"), status=response_status,
+                logging.DEBUG if quiet else logging.INFO, "request", method=scope.get("method"),
+                path=scope.get("path"), status=response_status,
                 ms=(time.perf_counter() - started) * 1000, owner=state.get("owner"), error=state.get("error_code"),
                 client=client[0] if client else None,
             )
@@ -975,7 +976,7 @@ def list_sessions(
     states = bot.list_sessions(caller.identity, limit, offset)
     return SessionList(
         sessions=[SessionSummary(id=s.id, catalog=s.catalog, created=s.created, updated=s.updated,
-                                 messages=len(s.messages)) for s in states],
+                                 message_count=len(s.messages)) for s in states],
         limit=limit, offset=offset,
     )
 

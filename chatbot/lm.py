@@ -165,11 +165,11 @@ class LanguageModel:
         with self._load_lock:
             if self._model is not None:
                 return
+            adapter = self._configured_adapter()  # a bad adapter setting fails before the slow load
+            folder = self.model_folder()
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            adapter = self._configured_adapter()  # a bad adapter setting fails before the slow load
-            folder = self.model_folder()
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
             if tokenizer.pad_token is None:

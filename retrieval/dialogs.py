@@ -67,7 +67,7 @@ def merge_turns(turns: Iterable[Turn]) -> list[Turn]:
     for turn in turns:
         if merged and merged[-1].role == turn.role:
             last = merged[-1]
-            items = last.items + [i for i in turn.items if i not in last.items]
+            items = list(dict.fromkeys(last.items + turn.items))
             merged[-1] = Turn(role=last.role, text=f"{last.text} {turn.text}".strip(), items=items)
         else:
             merged.append(Turn(role=turn.role, text=turn.text, items=list(dict.fromkeys(turn.items))))

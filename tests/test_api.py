@@ -218,6 +218,8 @@ def test_multi_turn_conversation_recommends_catalog_items(alice: httpx.Client, p
 
 
 def test_session_created_with_likes_by_id_and_title(alice: httpx.Client) -> None:
+    without_body = alice.post("/v1/sessions")
+    assert without_body.status_code == 201 and without_body.json()["liked"] == []
     session = alice.post("/v1/sessions", json={"catalog": "products",
                                                "likes": ["p-008", "bose quietcomfort earbuds"]}).json()
     assert session["liked"] == [{"id": "p-008", "title": "Sony WH-1000XM5"},
@@ -295,7 +297,7 @@ def test_callers_see_only_their_own_sessions(alice: httpx.Client, bob: httpx.Cli
         assert response.status_code == 404 and error_code(response) == "session_not_found"
     assert session_id not in [s["id"] for s in bob.get("/v1/sessions").json()["sessions"]]
     mine = alice.get("/v1/sessions", params={"limit": 100}).json()["sessions"]
-    assert {"id": session_id, "messages": 2} .items() <= next(s for s in mine if s["id"] == session_id).items()
+    assert next(s for s in mine if s["id"] == session_id)["message_count"] == 2
     assert len(alice.get(f"/v1/sessions/{session_id}").json()["messages"]) == 2  # bob changed nothing
 
 
@@ -358,6 +360,8 @@ def test_message_limits(alice: httpx.Client) -> None:
     assert empty.status_code == 422 and error_code(empty) == "empty_message"
     malformed = alice.post(url, content=b'{"text": "unterminated', headers={"Content-Type": "application/json"})
     assert malformed.status_code == 400 and error_code(malformed) == "invalid_request"
+    not_json = alice.post(url, content=b'{"text": "hi"}', headers={"Content-Type": "text/plain"})
+    assert not_json.status_code == 422 and error_code(not_json) == "invalid_request"
     missing = alice.post(url, json={"message": "hi"})
     assert missing.status_code == 422 and error_code(missing) == "invalid_request"
     assert ["body", "text"] in [d["loc"] for d in missing.json()["error"]["details"]]
@@ -479,6 +483,20 @@ def test_streamed_reply_tokens_add_up_to_the_reply(alice: httpx.Client, products
     assert empty.status_code == 422 and error_code(empty) == "empty_message"
 
 
+def test_a_turn_finishes_and_is_saved_when_the_stream_client_leaves(alice: httpx.Client) -> None:
+    session_id = new_session(alice)
+    with alice.stream("POST", f"/v1/sessions/{session_id}/messages/stream",
+                      json={"text": "a laptop for students"}) as response:
+        first = next(response.iter_lines())
+        assert first == "event: token"
+    deadline = time.monotonic() + 30
+    while len(messages := alice.get(f"/v1/sessions/{session_id}").json()["messages"]) < 2:
+        assert time.monotonic() < deadline, "the abandoned turn was not saved"
+        time.sleep(0.05)
+    assert messages[0]["text"] == "a laptop for students" and messages[1]["items"]
+    assert say(alice, session_id, "cheaper ones?")["session_id"] == session_id  # the session is not stuck
+
+
 def test_concurrent_messages_to_one_session_are_all_kept(server: str) -> None:
     with client(server) as c:
         session_id = new_session(c)
@@ -500,6 +518,65 @@ def test_concurrent_messages_to_one_session_are_all_kept(server: str) -> None:
     assert len(messages) == 10  # no lost update
     assert [m["role"] for m in messages] == ["user", "assistant"] * 5  # turns did not interleave
     assert sorted(m["text"] for m in messages if m["role"] == "user") == sorted(texts)
+
+
+class CountingChatbot(Chatbot):
+    """A chatbot that records how many turns run at once (each holds its slot a little longer)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+
+    def send(self, session_id: str, text: str, owner: str | None = None,
+             on_token: Callable[[str], None] | None = None) -> Reply:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.3)
+            return super().send(session_id, text, owner, on_token)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_turns_on_different_sessions_run_in_parallel_up_to_the_limit(
+    bot_factory: Callable[..., Callable[[], Chatbot]], api_settings: Settings
+) -> None:
+    bots: list[CountingChatbot] = []
+    make = bot_factory("counting", CountingChatbot)
+
+    def factory() -> Chatbot:
+        bots.append(make())  # type: ignore[arg-type]
+        return bots[-1]
+
+    config = ApiConfig(api_keys=API_KEYS, max_concurrency=2)
+    with live_server(create_app(factory, api_settings, config=config, ui=False)) as url:
+        with client(url) as c:
+            sessions = [new_session(c) for _ in range(4)]
+
+        def run_all(session_ids: list[str]) -> list[int]:
+            statuses: list[int] = []
+
+            def send(session_id: str) -> None:
+                with client(url) as c:
+                    statuses.append(c.post(f"/v1/sessions/{session_id}/messages",
+                                           json={"text": "a phone with a good camera"}).status_code)
+
+            threads = [threading.Thread(target=send, args=(s,)) for s in session_ids]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            return statuses
+
+        assert run_all(sessions) == [200] * 4
+        assert bots[0].peak == 2  # parallel, but never more than max_concurrency
+        bots[0].peak = 0
+        assert run_all([sessions[0]] * 3) == [200] * 3
+        assert bots[0].peak == 1  # one session: one turn at a time
 
 
 # -- catalogs, probes, documents, logs ----------------------------------------------------------------------
