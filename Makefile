@@ -26,10 +26,12 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 install: $(STAMP)
 
+# Serves the HTTP API (/v1) and the web UI (/) on $(HOST):$(PORT); the demo catalog is indexed on first use.
 run: install
-	$(VENV)/bin/recchat search "a funny heist movie with a great cast, like Ocean's Eleven" -k 5
+	$(VENV)/bin/recchat serve --host $(HOST) --port $(PORT)
 
 test: install
+	PYTHON=$(PY) bash scripts/install_browser.sh || echo "browser set-up failed: the browser test will say why"
 	$(PY) -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 

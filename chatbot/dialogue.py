@@ -457,7 +457,8 @@ class DialogueManager:
                 sink(chunk)
             justification = "".join(chunks).strip()
             pieces.append(justification + "\n")
-            sink("\n")
+            if n < len(candidates):
+                sink("\n")
             items.append(ReplyItem(item.id, item.title, cand.score, justification, item.display()))
         timings["generation"] = (time.perf_counter() - start) * 1000
         turn = sum(1 for m in state.messages if m.role == "user")

@@ -73,7 +73,12 @@ class Chatbot:
             template = TemplateJustifier()
             return LMJustifier(self.lm, checker, template) if self.use_lm else template
 
-        return DialogueManager(self.library, ranker, justifier_factory, rerank=self.settings.rank_candidates)
+        return DialogueManager(self.library, ranker, justifier_factory, rerank=self.settings.rank_candidates,
+                               max_message_chars=self.settings.max_message_chars)
+
+    def close(self) -> None:
+        """Release the session store."""
+        self.store.close()
 
     def warm_up(self, catalog: str | None = None) -> None:
         """Load the catalog (indexing it on first use), its vectors and the models, before traffic arrives."""
@@ -138,10 +143,11 @@ class Chatbot:
                owner: str | None = None) -> SessionState:
         """Remove a wrong belief: a liked or disliked item id, or a constraint value ("field=value")."""
         def apply(state: SessionState) -> SessionState:
-            if kind == "liked" and value in state.liked:
-                state.liked.remove(value)
-            elif kind == "disliked" and value in state.disliked:
-                state.disliked.remove(value)
+            if kind in ("liked", "disliked") and value in getattr(state, kind):
+                getattr(state, kind).remove(value)
+                rec = state.recommendation(value)
+                if rec is not None:
+                    rec.reaction = "none"
             elif kind == "constraint":
                 name, _, wanted = value.partition("=")
                 for bucket in (state.constraints.include, state.constraints.include_all, state.constraints.exclude):

@@ -19,8 +19,10 @@ from retrieval.store import VectorStore
 FEATURES = (
     "dense",          # cosine(preference text, item)
     "dense_recent",   # cosine(latest request, item)
+    "dense_learned",  # cosine(learned projection of both queries, item)
     "item_sim_max",   # max cosine(item, liked item)
     "item_sim_mean",  # mean cosine(item, liked items)
+    "item_sim_last",  # cosine(item, most recently liked item)
     "cooc",           # sum over liked items of P(item | liked) from co-mentions
     "follow",         # sum over liked items of P(item recommended after liked)
     "neighbours",     # external item-item similarity (e.g. ratings CF), summed over liked items
@@ -29,7 +31,8 @@ FEATURES = (
     "disliked_sim",   # max cosine(item, disliked item)
 )
 DEFAULT_WEIGHTS = {
-    "dense": 4.0, "dense_recent": 2.0, "item_sim_max": 2.0, "item_sim_mean": 1.0, "cooc": 2.0, "follow": 3.0,
+    "dense": 4.0, "dense_recent": 2.0, "dense_learned": 4.0, "item_sim_max": 2.0, "item_sim_mean": 1.0,
+    "item_sim_last": 1.0, "cooc": 2.0, "follow": 3.0,
     "neighbours": 1.0, "popularity": 1.0, "rec_popularity": 1.0, "disliked_sim": -2.0,
 }
 
@@ -157,6 +160,24 @@ class CandidateGenerator:
         self.list_fields = {name for item in catalog for name in item.lists}
         pops = self.priors.popularity
         self._popular = sorted(pops, key=lambda i: -pops[i])[:200]
+        self._projection: tuple[np.ndarray, np.ndarray] | None = None
+        if self.priors.projection:
+            self._projection = (np.asarray(self.priors.projection, dtype=np.float32),
+                                np.asarray(self.priors.projection_bias or [0.0] * len(self.priors.projection),
+                                           dtype=np.float32))
+
+    def project(self, query: np.ndarray | None, recent: np.ndarray | None) -> np.ndarray | None:
+        """The learned query vector in item space (unit length), or None without a projection or query."""
+        if self._projection is None or (query is None and recent is None):
+            return None
+        q = query if query is not None else recent
+        r = recent if recent is not None else query
+        weight, bias = self._projection
+        if weight.shape[1] != q.shape[0] * 2:
+            return None
+        vector = weight @ np.concatenate([q, r]) + bias
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else None
 
     @property
     def matrix(self) -> np.ndarray:
@@ -210,7 +231,7 @@ class CandidateGenerator:
             recent = np.asarray(prefs.recent_vector, dtype=np.float32)
         else:
             recent = self.encode_query(prefs.recent) if prefs.recent.strip() else None
-        for vector in (query, recent):
+        for vector in (query, recent, self.project(query, recent)):
             if vector is not None:
                 pool.update(dict.fromkeys(i for i, _ in self.store.query(self.catalog.name, vector, wide, where)))
         liked = [i for i in prefs.liked if i in self._row][-5:]
@@ -255,11 +276,15 @@ class CandidateGenerator:
             out[:, col["dense_recent"]] = vectors @ recent
         elif query is not None:
             out[:, col["dense_recent"]] = out[:, col["dense"]]
+        learned = self.project(query, recent)
+        if learned is not None:
+            out[:, col["dense_learned"]] = vectors @ learned
         liked = [i for i in prefs.liked if i in self._row]
         if liked:
             sims = vectors @ matrix[[self._row[i] for i in liked]].T
             out[:, col["item_sim_max"]] = sims.max(axis=1)
             out[:, col["item_sim_mean"]] = sims.mean(axis=1)
+            out[:, col["item_sim_last"]] = sims[:, -1]
         disliked = [i for i in prefs.disliked if i in self._row]
         if disliked:
             out[:, col["disliked_sim"]] = (vectors @ matrix[[self._row[i] for i in disliked]].T).max(axis=1)

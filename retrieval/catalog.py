@@ -141,10 +141,9 @@ class Catalog:
         """Write the normalised catalog (one `Item` per line, gzip when the name ends in .gz)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(tmp, "wt", encoding="utf-8") as fh:
-            for item in self.items:
-                fh.write(item.model_dump_json() + "\n")
+        text = "".join(item.model_dump_json() + "\n" for item in self.items).encode("utf-8")
+        # mtime=0: the same catalog gives the same bytes (the bundled file is in git).
+        tmp.write_bytes(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)
         tmp.replace(path)
 
     @classmethod

@@ -138,6 +138,8 @@ class Library:
         for path in (self.catalog_path(name), self.priors_path(name)):
             path.unlink(missing_ok=True)
         self._catalogs.pop(name, None)
+        self._generators.pop(name, None)
+        self._linkers.pop(name, None)
 
     def catalog(self, name: str | None = None) -> Catalog:
         """The named catalog, indexing the bundled demo catalog on first use."""

@@ -30,6 +30,8 @@ class InteractionPriors:
     follow: dict[str, dict[str, float]] = field(default_factory=dict)
     neighbours: dict[str, dict[str, float]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    projection: list[list[float]] = field(default_factory=list)
+    projection_bias: list[float] = field(default_factory=list)
     source: str = ""
 
     @classmethod
@@ -70,8 +72,8 @@ class InteractionPriors:
         """Write as gzip JSON (atomic replace)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-            json.dump(self.__dict__, fh, separators=(",", ":"))
+        data = json.dumps(self.__dict__, separators=(",", ":")).encode("utf-8")
+        tmp.write_bytes(gzip.compress(data, mtime=0))  # reproducible bytes for the bundled file
         tmp.replace(path)
 
     @classmethod

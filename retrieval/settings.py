@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     Unknown ``RECCHAT_*`` variables are rejected, so a typo fails at start-up instead of being ignored.
     """
 
-    model_config = SettingsConfigDict(env_prefix="RECCHAT_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="RECCHAT_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
     data_dir: Path = Field(default=Path(".recchat"), description="Where indexes, catalogs and sessions live.")
     chroma_url: str = Field(default="", description="Chroma server URL; empty means embedded PersistentClient.")
@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     lm_model: str = Field(default="", description="Causal LM folder (or GGUF file); empty = SmolLM2-135M-Instruct.")
     adapter: str = Field(default="", description="LoRA adapter folder; empty = the shipped one; 'none' = base LM.")
     rank_candidates: int = Field(default=20, ge=0, le=200, description="Candidates the LM re-ranks (0 = off).")
+    api_keys: SecretStr = Field(default=SecretStr(""), description="'key1:client,key2:admin'; empty = loopback only.")
+    max_message_chars: int = Field(default=2000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    rate_limit_per_minute: int = Field(default=60, ge=0, description="Requests per minute per API key (0 = off).")
+    max_concurrency: int = Field(default=4, ge=1, le=64, description="Turns processed at once by the server.")
 
     @field_validator("chroma_url")
     @classmethod

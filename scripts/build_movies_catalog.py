@@ -129,14 +129,17 @@ def main() -> None:
           f"{len(priors.neighbours)} items with MovieLens neighbours", file=sys.stderr)
 
     if not args.skip_weights:
-        from retrieval.fusion import fit_weights
+        from retrieval.fusion import fit_retrieval
         from retrieval.index import Library
         from retrieval.settings import Settings
 
         with tempfile.TemporaryDirectory() as tmp:
             library = Library(Settings(data_dir=args.data_dir or Path(tmp)))
             library.add(catalog)
-            priors.weights = fit_weights(dialogs, catalog, library.store, library.embedder, priors.neighbours)
+            fitted = fit_retrieval(dialogs, catalog, library.store, library.embedder, priors.neighbours)
+        priors.weights = fitted.weights
+        priors.projection = fitted.projection.round(5).tolist()
+        priors.projection_bias = fitted.projection_bias.round(5).tolist()
         print(f"fusion weights: {priors.weights}", file=sys.stderr)
     priors.save(args.out / "movies.priors.json.gz")
 

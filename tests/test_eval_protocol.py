@@ -78,7 +78,8 @@ def test_popularity_recall_matches_an_independent_computation() -> None:
     assert n == 4969
     priors = InteractionPriors.from_dialogs(read_dialogs(train_dir / "kgsf_valid_data.jsonl", catalog).dialogs)
     assert priors.dialogs == 901  # the reader agrees with the raw file on one train file
-    library_priors = InteractionPriors.load(Path(__file__).resolve().parents[1] / "retrieval/data/movies.priors.json.gz")
+    bundled = Path(__file__).resolve().parents[1] / "retrieval/data/movies.priors.json.gz"
+    library_priors = InteractionPriors.load(bundled)
     report = evaluate_recommender(PopularityRecommender(catalog, library_priors),
                                   read_dialogs(test_path, catalog).dialogs, "redial-test", progress=False)
     assert abs(report.metrics["all"]["recall@10"] - hits10 / n) < 0.01
