@@ -53,7 +53,8 @@ _NUMBER_RE = re.compile(
     r"(?<![\w.,])(?:(?P<cur>[$€£¥])\s?)?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
     r"(?P<decade>s\b)?(?P<scale>\s*/\s*\d+(?:\.\d+)?)?"
 )
-_NAME_WORD = r"(?:[A-Z][A-Za-z'’\-]+|[A-Z]\.)"
+# Capitalised words, accents included ("Gutiérrez", "Schönberg", "Émile").
+_NAME_WORD = r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž][^\W\d_]*(?:['’\-][^\W\d_]+)*|[A-Z]\.)"
 _NAME_RE = re.compile(rf"{_NAME_WORD}(?:\s+{_NAME_WORD})+")
 _TOKEN_RE = re.compile(r"[^\W_]+")
 _POSSESSIVE_RE = re.compile(r"['’]s\b")

@@ -105,9 +105,7 @@ def evaluate_justifier(
         latencies.append((time.perf_counter() - start) * 1000)
         claims = tools.checker.unsupported_claims(text, item, user_text)
         unsupported += len(claims)
-        from chatbot.grounding import refers_to_user
-
-        personal += refers_to_user(text, likes)
+        personal += tools.checker.refers_to_user(text, likes)
         hypotheses.append(text)
         references.append([case.reference])
         if len(examples) < 10 or claims:

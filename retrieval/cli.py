@@ -52,6 +52,7 @@ def index(
     dialogs: Annotated[
         list[Path] | None, typer.Option(help="Training conversations to learn popularity/co-occurrence from.")
     ] = None,
+    fit: Annotated[bool, typer.Option(help="With --dialogs: also fit fusion weights and the query projection.")] = True,
 ) -> None:
     """Embed a catalog into the vector store (incremental: unchanged items are not embedded again)."""
     from retrieval.catalog import CatalogError, load_catalog
@@ -83,6 +84,16 @@ def index(
         stats = library.add(loaded, priors)
     except VectorStoreError as exc:
         raise fail(str(exc)) from None
+    if priors is not None and fit:
+        from retrieval.fusion import fit_retrieval
+
+        typer.echo(f"fitting fusion weights and query projection on {priors.dialogs} conversations...", err=True)
+        fitted = fit_retrieval(all_dialogs, loaded, library.store, library.embedder)
+        priors.weights = fitted.weights
+        priors.projection = fitted.projection.round(5).tolist()
+        priors.projection_bias = fitted.projection_bias.round(5).tolist()
+        priors.save(library.priors_path(loaded.name))
+        typer.echo(f"fusion weights: {priors.weights}")
     typer.echo(
         f"catalog {stats.catalog!r}: {stats.items} items; embedded {stats.embedded}, unchanged "
         f"{stats.unchanged}, removed {stats.removed} in {stats.seconds:.1f} s"
