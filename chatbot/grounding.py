@@ -53,8 +53,9 @@ _NUMBER_RE = re.compile(
     r"(?<![\w.,])(?:(?P<cur>[$€£¥])\s?)?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
     r"(?P<decade>s\b)?(?P<scale>\s*/\s*\d+(?:\.\d+)?)?"
 )
-# Capitalised words, accents included ("Gutiérrez", "Schönberg", "Émile").
-_NAME_WORD = r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž][^\W\d_]*(?:['’\-][^\W\d_]+)*|[A-Z]\.)"
+# Capitalised words, accents included ("Gutiérrez", "Schönberg", "Émile"); a word glued to digits
+# ("S24", "G42") is a model number, not part of a name.
+_NAME_WORD = r"(?:[A-Z]\.|[A-ZÀ-ÖØ-ÞĀ-Ž][^\W\d_]*(?:['’\-][^\W\d_]+)*(?!\w))"
 _NAME_RE = re.compile(rf"{_NAME_WORD}(?:\s+{_NAME_WORD})+")
 _TOKEN_RE = re.compile(r"[^\W_]+")
 _POSSESSIVE_RE = re.compile(r"['’]s\b")
@@ -121,16 +122,27 @@ class GroundingChecker:
     Built once per catalog: it collects the catalog's vocabulary (list values and short string values,
     lower-cased, minus common words and identifier fields) and all titles, so that it knows which words
     are facts about *some* item.
+
+    Lower-case values count only from category-like fields (at most ``max_category_values`` distinct
+    values, e.g. genre, category): free-form tag fields hold everyday adjectives ("dark", "unique",
+    "different") that would make almost every sentence "unsupported". Capitalised values (people,
+    brands, places) count from every field.
     """
 
-    def __init__(self, catalog: Catalog | Iterable[Item]) -> None:
+    def __init__(self, catalog: Catalog | Iterable[Item], max_category_values: int = 200) -> None:
         self.vocabulary: dict[str, str] = {}
         self.titles: dict[str, str] = {}
         self.short_titles: dict[str, str] = {}
+        values: dict[str, set[str]] = {}
         for item in catalog:
             self._add_title(item.title)
             for name, value in item.attribute_values():
                 if not _ID_FIELD_RE.search(name):
+                    values.setdefault(name, set()).add(value)
+        for field_values in values.values():
+            category_like = len({v.lower() for v in field_values}) <= max_category_values
+            for value in sorted(field_values):
+                if category_like or value != value.lower():
                     self._add_term(value)
 
     def _add_term(self, value: str) -> None:

@@ -27,6 +27,14 @@ _NEGATION_RE = re.compile(r"\b(not|no|never|without|don'?t|avoid|hate|dislike)\b
 # dot is allowed ("released in 1995."), the whitespace requirement keeps "4.5" in one piece.
 _SENTENCE_END_RE = re.compile(r"[.!?]+[\"')\]]*(?=\s)")
 _FINAL_END_RE = re.compile(r"[.!?]+[\"')\]]*\s*$")
+# A dot after these (or after a single initial, "Samuel L.") does not end a sentence.
+_ABBREVIATION_RE = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Mt|Prof|vs|etc|Inc|Ltd|Co|No|Vol)|\b[A-Z])\.$")
+
+
+def sentence_ends(text: str) -> list[int]:
+    """End offsets of the complete sentences in ``text`` (abbreviations and initials skipped)."""
+    return [m.end() for m in _SENTENCE_END_RE.finditer(text)
+            if not _ABBREVIATION_RE.search(text[: m.start() + 1])]
 
 
 @dataclass
@@ -67,8 +75,8 @@ def _format_number(value: float) -> str:
 def _shorten(text: str, limit: int) -> str:
     """First sentence of ``text``, cut at a word boundary to at most ``limit`` characters."""
     text = " ".join(text.split())
-    match = _SENTENCE_END_RE.search(text + " ")
-    first = text[: match.end()] if match else text
+    ends = sentence_ends(text + " ")
+    first = text[: ends[0]] if ends else text
     if len(first) <= limit:
         return first
     cut = first[:limit].rsplit(" ", 1)[0].rstrip(",;:-")
@@ -216,7 +224,12 @@ def answer_start(request: JustificationRequest) -> str:
     A 135M-parameter model tends to repeat the instruction instead of following it; starting its
     answer with the user's likes and the item's title keeps it on topic and makes it refer to the user.
     """
-    likes = [like.strip() for like in request.user_likes if like.strip() and not _NEGATION_RE.search(like)]
+    unique: dict[str, str] = {}
+    for like in request.user_likes:
+        like = " ".join(like.split())
+        if like and not _NEGATION_RE.search(like):
+            unique.setdefault(normalise(like), like)
+    likes = list(unique.values())
     matched = list(dict.fromkeys(like for like, _, _ in overlap(request.item, likes)))
     chosen = (matched or likes)[:2]
     if chosen:
@@ -239,7 +252,7 @@ class _SentenceLimit:
         if self.cancel.is_set():
             return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
-        ends = len(_SENTENCE_END_RE.findall(text.strip()))
+        ends = len(sentence_ends(text.strip()))
         # A final "." with nothing after it yet ends a sentence too, unless it follows a digit
         # (it may be a decimal point).
         if _FINAL_END_RE.search(text) and not re.search(r"\d\.\s*$", text):
@@ -252,11 +265,11 @@ def split_sentences(text: str) -> tuple[list[str], str]:
     """Complete sentences of ``text`` (whitespace collapsed) and the unfinished rest (as is)."""
     sentences: list[str] = []
     start = 0
-    for match in _SENTENCE_END_RE.finditer(text):
-        sentence = " ".join(text[start:match.end()].split())
+    for end in sentence_ends(text):
+        sentence = " ".join(text[start:end].split())
         if sentence:
             sentences.append(sentence)
-        start = match.end()
+        start = end
     return sentences, text[start:]
 
 

@@ -82,3 +82,27 @@ def bench_turns(
     return TurnBench(turns=turns, recommend_turns=len(rec_totals), total_ms=summary(totals),
                      first_token_ms=summary(firsts), split_ms={k: summary(v) for k, v in stages.items() if v},
                      recommend_total_ms=summary(rec_totals), device=device)
+
+
+SEARCH_QUERIES = (
+    "a funny heist movie with a great cast", "something scary for halloween", "a romantic comedy for date night",
+    "an animated movie for kids", "a mind-bending sci-fi thriller", "a sturdy phone under 300 dollars",
+    "noise cancelling headphones for the train", "a classic western", "a documentary about nature",
+    "a feel-good sports movie", "a war movie based on a true story", "a light laptop for students",
+)
+
+
+def bench_search(library, catalog: str | None, queries: int = 200, k: int = 100) -> dict[str, Any]:  # noqa: ANN001
+    """Latency of `CandidateGenerator.candidates` for free-text requests (query encoding included)."""
+    generator = library.generator(catalog)
+    from retrieval.candidates import Preferences
+
+    generator.candidates(Preferences(text="warm up"), k)
+    times: list[float] = []
+    for n in range(queries):
+        text = SEARCH_QUERIES[n % len(SEARCH_QUERIES)] + ("" if n < len(SEARCH_QUERIES) else f" #{n}")
+        start = time.perf_counter()
+        generator.candidates(Preferences(text=text, recent=text), k)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"catalog": generator.catalog.name, "items": len(generator.catalog), "queries": queries, "k": k,
+            "latency_ms": {"p50": round(percentile(times, 50), 1), "p95": round(percentile(times, 95), 1)}}

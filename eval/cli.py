@@ -174,6 +174,19 @@ def bench_turn(
         out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+@bench_app.command("search")
+def bench_search_cmd(
+    catalog: Annotated[str | None, typer.Option(help="Catalog name (default from settings).")] = None,
+    queries: Annotated[int, typer.Option(min=1, help="How many queries.")] = 200,
+    k: Annotated[int, typer.Option("-k", min=1, help="Candidates per query.")] = 100,
+) -> None:
+    """Search latency p50/p95 of the candidate generator (query embedding + Chroma + fusion)."""
+    from eval.bench import bench_search
+    from retrieval.index import Library
+
+    typer.echo(json.dumps(bench_search(Library(get_settings()), catalog, queries, k), indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate)
     app.command("eval-justify")(evaluate_justifications)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatbot.justify import JustificationRequest, Justifier
-
 from chatbot.dialogue import DialogueManager
+from chatbot.justify import JustificationRequest, Justifier
 from chatbot.state import SessionState
 from eval.metrics import percentile
 from eval.textmetrics import bleu2, distinct_n, rouge_l

@@ -107,3 +107,13 @@ def test_text_helpers() -> None:
     assert normalise("Sci-Fi, Ocean's  Eleven!") == "sci fi ocean eleven"
     assert numbers_in("$1,299.99 or 4.7/5 in 1995") == [1299.99, 4.7, 1995.0]
     assert [stem(w) for w in ("comedies", "thrillers", "boxes", "class")] == ["comedy", "thriller", "box", "class"]
+
+
+def test_names_with_initials_accents_and_model_numbers(products: Catalog) -> None:
+    item = Item(id="x", title="Some Film", lists={"star": ["Samuel L. Jackson", "Gael García Bernal"]})
+    checker = GroundingChecker([item])
+    assert checker.unsupported_claims("With Samuel L. Jackson and Gael García Bernal.", item) == []
+    assert checker.unsupported_claims("With Samuel L. Jackson and Émile Zolaire.", item) == ["Émile Zolaire"]
+    phone_checker = GroundingChecker(products)
+    s24 = products["p-003"]
+    assert phone_checker.unsupported_claims(f"The {s24.title} from Samsung, model S24.", s24) == []
