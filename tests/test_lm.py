@@ -65,6 +65,9 @@ def test_gguf_is_converted_once_and_the_cache_is_reused(lm: LanguageModel) -> No
     assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == stamp  # read, not rewritten
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no half-written temp folder left
     assert next(again.model.parameters()).dtype == next(lm.model.parameters()).dtype
+    # A Hugging Face model folder is used in place, not converted or copied.
+    as_folder = LanguageModel(lm.settings.model_copy(update={"lm_model": str(cache)}))
+    assert as_folder.model_folder() == cache
 
 
 @pytest.mark.slow
