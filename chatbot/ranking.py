@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 SYSTEM_PROMPT = "You are a recommender. You answer with the single catalog item that best fits the request."
 # Identifier-like fields say nothing about whether an item fits; they only waste continuation tokens.
+_YEAR_SUFFIX_RE = re.compile(r"\s*\((?:1[89]\d\d|20\d\d)\)\s*$")
 _SKIP_FIELD_RE = re.compile(r"(^|_)(id|ids|url|urls|link|image|sku|asin)$|_title$|^title$", re.IGNORECASE)
 
 
@@ -69,12 +70,16 @@ def key_attributes(item: Item, max_fields: int = 2, max_values: int = 3) -> list
 def candidate_text(item: Item, max_fields: int = 1, max_values: int = 2) -> str:
     """The answer text scored for a candidate: its title plus its first key attribute values.
 
-    ``Heat (1995) (genre: action, crime)``. Kept short on purpose: every token of every candidate
-    is a token of the forward pass, and the pass is compute-bound on a CPU.
+    ``Heat: action, crime`` for "Heat (1995)" with genres action, crime, drama. Kept short on purpose:
+    every token of every candidate is a token of the forward pass, which is compute-bound on a CPU;
+    a year in parentheses alone costs six tokens (digits are single tokens), and field names add
+    little for the LM, so both are left out (remakes of one title then tie, which callers break by
+    their retrieval order).
     """
-    attributes = "; ".join(f"{name}: {', '.join(values)}"
-                           for name, values in key_attributes(item, max_fields, max_values))
-    return f"{item.title} ({attributes})" if attributes else item.title
+    title = _YEAR_SUFFIX_RE.sub("", item.title) or item.title
+    values = [value for _, field_values in key_attributes(item, max_fields, max_values)
+              for value in field_values]
+    return f"{title}: {', '.join(values)}" if values else title
 
 
 class LMRanker:
@@ -87,7 +92,7 @@ class LMRanker:
     Works unchanged with a LoRA adapter: it only calls ``lm.model``.
     """
 
-    def __init__(self, lm: LanguageModel, *, max_item_tokens: int = 12, max_context_tokens: int = 384,
+    def __init__(self, lm: LanguageModel, *, max_item_tokens: int = 10, max_context_tokens: int = 384,
                  batch_size: int = 64) -> None:
         self.lm = lm
         self.max_item_tokens = max_item_tokens

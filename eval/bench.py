@@ -106,3 +106,28 @@ def bench_search(library, catalog: str | None, queries: int = 200, k: int = 100)
         times.append((time.perf_counter() - start) * 1000)
     return {"catalog": generator.catalog.name, "items": len(generator.catalog), "queries": queries, "k": k,
             "latency_ms": {"p50": round(percentile(times, 50), 1), "p95": round(percentile(times, 95), 1)}}
+
+
+def bench_api(base_url: str, conversations: int = 20, turns: int = 5, catalog: str | None = None,
+              api_key: str | None = None, script: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Sequential conversations against a running server: latency per message over real HTTP."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    script = script or (MOVIE_SCRIPT if (catalog or "movies") == "movies" else GENERIC_SCRIPT)
+    times: list[float] = []
+    errors = 0
+    with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
+        for _ in range(conversations):
+            created = client.post("/v1/sessions", json={"catalog": catalog} if catalog else {})
+            created.raise_for_status()
+            sid = created.json()["id"]
+            for n in range(turns):
+                start = time.perf_counter()
+                reply = client.post(f"/v1/sessions/{sid}/messages", json={"text": script[n % len(script)]})
+                times.append((time.perf_counter() - start) * 1000)
+                errors += reply.status_code != 200
+            client.delete(f"/v1/sessions/{sid}")
+    return {"conversations": conversations, "turns": turns, "messages": len(times), "errors": errors,
+            "latency_ms": {"p50": round(percentile(times, 50), 1), "p95": round(percentile(times, 95), 1),
+                           "max": round(max(times), 1)}}

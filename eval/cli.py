@@ -187,6 +187,20 @@ def bench_search_cmd(
     typer.echo(json.dumps(bench_search(Library(get_settings()), catalog, queries, k), indent=2))
 
 
+@bench_app.command("api")
+def bench_api_cmd(
+    url: Annotated[str, typer.Option(help="Base URL of a running `recchat serve`.")] = "http://127.0.0.1:7860",
+    conversations: Annotated[int, typer.Option(min=1)] = 20,
+    turns: Annotated[int, typer.Option(min=1)] = 5,
+    catalog: Annotated[str | None, typer.Option(help="Catalog name (server default if omitted).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key, if the server has keys.")] = None,
+) -> None:
+    """Latency per message over HTTP for sequential scripted conversations."""
+    from eval.bench import bench_api
+
+    typer.echo(json.dumps(bench_api(url, conversations, turns, catalog, api_key), indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate)
     app.command("eval-justify")(evaluate_justifications)

@@ -92,7 +92,9 @@ def test_lora_adapter_is_loaded_and_used_by_the_ranker(lm: LanguageModel, tmp_pa
 
 
 def test_candidate_text_uses_title_and_key_attributes_of_any_schema() -> None:
-    assert candidate_text(HORROR) == "Night of the Living Zombies (genre: horror, zombie)"
+    assert candidate_text(HORROR) == "Night of the Living Zombies: horror, zombie"
+    assert candidate_text(Item(id="h", title="Heat (1995)", lists={"genre": ["action", "crime", "drama"]})) == (
+        "Heat: action, crime")
     product = Item(id="p", title="Nokia G42", text={"brand": "Nokia", "imdb_id": "tt1", "description": "x" * 90},
                    lists={"tags": ["rugged", "budget", "5g", "cheap"]})
     assert key_attributes(product) == [("tags", ["rugged", "budget", "5g"]), ("brand", ["Nokia"])]
