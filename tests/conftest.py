@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +94,36 @@ def converted_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     lm = LanguageModel(Settings(data_dir=tmp_path_factory.mktemp("lm-cache")))
     return lm.model_folder()
+
+
+@contextmanager
+def live_server(app: Any, wait_ready: bool = True) -> Iterator[str]:  # noqa: ANN401 - an ASGI app
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL.
+
+    With ``wait_ready`` it also waits until ``/readyz`` no longer says the service is starting.
+    """
+    import httpx
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test server did not start within 60 s")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if wait_ready:
+            while httpx.get(f"{url}/readyz").json().get("status") in ("starting", "warming_up"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the test server did not warm up within 60 s")
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -17,15 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import typer
-import uvicorn
-from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from chatbot import serve_cli
@@ -36,7 +33,7 @@ from chatbot.sessions import SQLiteSessionStore
 from retrieval.catalog import Catalog, load_catalog
 from retrieval.index import Library
 from retrieval.settings import Settings
-from tests.conftest import DATA
+from tests.conftest import DATA, live_server
 
 KEYS = {"alice": "alice-key-3f9a1c", "bob": "bob-key-77d2e0", "ops": "ops-key-c41b9e"}
 API_KEYS = f"{KEYS['alice']}:client:alice,{KEYS['bob']}:client:bob,{KEYS['ops']}:admin:ops"
@@ -51,33 +48,6 @@ SMALL_CSV = (
 
 
 # -- servers -----------------------------------------------------------------------------------------
-
-
-@contextmanager
-def live_server(app: FastAPI, wait_ready: bool = True) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the test server did not start within 60 s")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if wait_ready:
-            while httpx.get(f"{url}/readyz").json()["status"] in ("starting", "warming_up"):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the test server did not warm up within 60 s")
-                time.sleep(0.05)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

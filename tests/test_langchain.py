@@ -8,7 +8,6 @@ import ast
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 pytest.importorskip("langchain_core", reason="the LangChain integration needs langchain-core")
 
@@ -41,7 +39,7 @@ from chatbot.service import Chatbot
 from retrieval.catalog import Catalog, load_catalog
 from retrieval.index import Library
 from retrieval.settings import Settings
-from tests.conftest import DATA
+from tests.conftest import DATA, live_server
 
 KEY = "k1"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "langchain.md"
@@ -160,21 +158,9 @@ def remote(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[
     library.add(load_catalog(DATA / "products.csv", "products"), progress=False)
     app = create_app(lambda: Chatbot(settings, library=library, use_lm=False), settings,
                      config=ApiConfig(api_keys=f"{KEY}:client"), ui=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-langchain-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    try:
-        _wait_ready(url, deadline)  # 503 not_ready until the warm-up is done
+    with live_server(app, wait_ready=False) as url:
+        _wait_ready(url, time.monotonic() + 60)  # 503 not_ready until the warm-up is done
         yield url, library
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_retriever_remote_matches_in_process(remote: tuple[str, Library]) -> None:

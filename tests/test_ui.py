@@ -14,10 +14,9 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from chatbot.service import Chatbot
 from chatbot.state import Recommendation, SessionState
 from retrieval.catalog import Item, load_catalog
 from retrieval.settings import Settings
-from tests.conftest import DATA
+from tests.conftest import DATA, live_server
 from ui.app import UI_OWNER, beliefs_markdown, beliefs_of, card_html, current_cards, history_of, reaction_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,25 +112,9 @@ def test_importing_the_ui_module_loads_nothing_heavy() -> None:
 # -- a real server ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-ui-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+def serving(app: Any) -> AbstractContextManager[str]:
+    """Serve ``app`` on a free loopback port (the shared test server helper)."""
+    return live_server(app, wait_ready=False)
 
 
 @pytest.fixture
