@@ -1,9 +1,12 @@
-"""Re-ranking candidates with the language model: score every candidate in one batched forward pass.
+"""Re-ranking candidates with the language model: score every candidate in one forward pass.
 
 `LMRanker` asks the LM, in its chat format, to recommend one item for what the user wants, and scores
 each candidate by how likely the LM finds the candidate's short description as the answer. The shared
-prompt is run once; its key/value cache is then repeated along the batch so that all continuations
-are scored together in one pass (one pass per candidate is far too slow on a CPU).
+prompt is run once and its key/value cache kept; then all candidates' continuations are packed into
+one sequence after it, with an attention mask that lets each continuation see the prompt and its own
+earlier tokens only. One pass per candidate is far too slow on a CPU; repeating the prompt's cache
+along a batch (one row per candidate) gives the same scores but copies and attends over the prompt
+once per row, which was 1.3x slower for 20 candidates and 1.8x for 50 on 2 cores.
 
 The prompt and continuation texts are built by `ranking_prompt` and `candidate_text`, which a
 fine-tuning script should reuse so that a LoRA adapter learns exactly the format it is used with.
@@ -24,8 +27,8 @@ if TYPE_CHECKING:
     from chatbot.lm import LanguageModel
 
 SYSTEM_PROMPT = "You are a recommender. You answer with the single catalog item that best fits the request."
-# Identifier-like fields say nothing about whether an item fits; they only waste continuation tokens.
 _YEAR_SUFFIX_RE = re.compile(r"\s*\((?:1[89]\d\d|20\d\d)\)\s*$")
+# Identifier-like fields say nothing about whether an item fits; they only waste continuation tokens.
 _SKIP_FIELD_RE = re.compile(r"(^|_)(id|ids|url|urls|link|image|sku|asin)$|_title$|^title$", re.IGNORECASE)
 
 
@@ -87,17 +90,20 @@ class LMRanker:
 
     Score = mean over the continuation's tokens of log p(token | prompt, previous tokens). The mean,
     not the sum, is used so that long titles are not penalised merely for having more tokens; the
-    continuation is truncated to ``max_item_tokens`` tokens to bound the cost. Candidates are scored
-    in batches of ``batch_size`` (one forward pass each) after one pass over the shared prompt.
-    Works unchanged with a LoRA adapter: it only calls ``lm.model``.
+    continuation is truncated to ``max_item_tokens`` tokens to bound the cost. After one pass over
+    the prompt, candidates are packed into passes of at most ``max_tokens_per_pass`` tokens (one pass
+    for the usual 20-50 candidates). Works unchanged with a LoRA adapter: it only calls ``lm.model``.
+
+    >>> LMRanker(lm).score("a tense heist film; liked Heat (1995)", candidates)  # doctest: +SKIP
+    [-2.91, -3.47, ...]
     """
 
     def __init__(self, lm: LanguageModel, *, max_item_tokens: int = 10, max_context_tokens: int = 384,
-                 batch_size: int = 64) -> None:
+                 max_tokens_per_pass: int = 1024) -> None:
         self.lm = lm
         self.max_item_tokens = max_item_tokens
         self.max_context_tokens = max_context_tokens
-        self.batch_size = batch_size
+        self.max_tokens_per_pass = max_tokens_per_pass
 
     def prompt_ids(self, context: str) -> list[int]:
         """Token ids of the chat-formatted prompt; an over-long context keeps its most recent end."""
@@ -127,47 +133,51 @@ class LMRanker:
         prompt = self.prompt_ids(context)
         continuations = [self.item_ids(item) for item in items]
         model, device = self.lm.model, self.lm.device
-        scores: list[float] = []
+        sums: list[float] = []
         with self.lm.lock, torch.inference_mode():
-            prefix = torch.tensor([prompt], device=device)
             # Only the last position's logits are needed from the prompt: skipping the LM head elsewhere
             # saves a fifth of the prompt's cost (the 49k-word head is large for a 135M model).
-            out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-            first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-            for start in range(0, len(continuations), self.batch_size):
-                chunk = continuations[start:start + self.batch_size]
-                scores.extend(self._score_chunk(model, layers, first_logprobs, chunk, len(prompt)))
-        return scores
+            # The first token of every continuation is scored by the prompt's last position; the
+            # rest need one more pass, in which the last token is never an input.
+            chunk: list[list[int]] = []
+            for ids in continuations:
+                if chunk and sum(len(c) - 1 for c in chunk) + len(ids) - 1 > self.max_tokens_per_pass:
+                    sums += self._score_packed(model, layers, first, chunk, len(prompt))
+                    chunk = []
+                chunk.append(ids)
+            sums += self._score_packed(model, layers, first, chunk, len(prompt))
+        return [total / len(ids) if math.isfinite(total) else -1e9
+                for total, ids in zip(sums, continuations, strict=True)]
 
-    def _score_chunk(self, model: torch.nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]],
-                     first_logprobs: torch.Tensor, chunk: list[list[int]], prompt_len: int) -> list[float]:
+    def _score_packed(self, model: torch.nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                      first: torch.Tensor, chunk: list[list[int]], prompt_len: int) -> list[float]:
+        """Summed log-probabilities of continuations packed into one sequence after the cached prompt."""
         import torch
         from transformers import DynamicCache
 
-        device = first_logprobs.device
-        n, width = len(chunk), max(len(ids) for ids in chunk)
-        pad = self.lm.tokenizer.pad_token_id or 0
-        tokens = torch.full((n, width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((n, width), dtype=torch.bool, device=device)
-        for row, ids in enumerate(chunk):
-            tokens[row, : len(ids)] = torch.tensor(ids, device=device)
-            mask[row, : len(ids)] = True
-        # A fresh cache per chunk: DynamicCache grows by concatenation, so the prompt's tensors are
-        # only read (expand is a view), never modified, and can be reused for the next chunk.
-        cache = DynamicCache(
-            [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in layers], config=model.config
-        )
-        # Padding sits at the right end, so causal attention already keeps real tokens from seeing it:
-        # an all-ones mask gives each row exactly the values it would get alone.
-        attention = torch.ones((n, prompt_len + width), dtype=torch.long, device=device)
-        if width > 1:
-            logits = model(input_ids=tokens[:, :-1], past_key_values=cache, attention_mask=attention[:, :-1],
-                           use_cache=False).logits
-            rest = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
-        else:
-            rest = torch.zeros((n, 0), device=device)
-        logprobs = torch.cat([first_logprobs[tokens[:, :1]], rest], dim=1)
-        logprobs = logprobs.masked_fill(~mask, 0.0)
-        means = logprobs.sum(dim=1) / mask.sum(dim=1)
-        return [float(v) if math.isfinite(float(v)) else -1e9 for v in means.tolist()]
+        device = first.device
+        sums = [float(first[ids[0]]) for ids in chunk]
+        inputs = [token for ids in chunk for token in ids[:-1]]
+        if not inputs:
+            return sums
+        segment = torch.tensor([k for k, ids in enumerate(chunk) for _ in ids[:-1]], device=device)
+        offset = torch.tensor([i for ids in chunk for i in range(len(ids) - 1)], device=device)
+        # Each packed token sees the whole prompt, plus earlier tokens of its own continuation only;
+        # positions restart after the prompt for every continuation, so each is scored as if alone.
+        own = (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])
+        allowed = torch.cat([torch.ones((len(inputs), prompt_len), dtype=torch.bool, device=device), own], 1)
+        dtype = layers[0][0].dtype  # the attention's dtype (bfloat16 on a GPU)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]  # additive: any attention
+        # A fresh cache each pass: the forward pass appends the packed tokens to it.
+        cache = DynamicCache(layers, config=model.config)
+        logits = model(input_ids=torch.tensor([inputs], device=device), position_ids=(offset + prompt_len)[None],
+                       attention_mask=mask, past_key_values=cache, use_cache=False).logits[0].float()
+        targets = torch.tensor([token for ids in chunk for token in ids[1:]], device=device)
+        logprobs = logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        for k, value in zip(segment.tolist(), logprobs.tolist(), strict=True):
+            sums[k] += value
+        return sums

@@ -102,7 +102,8 @@ def evaluate_justifier(
         start = time.perf_counter()
         text = justifier.justify(JustificationRequest(item=item, user_text=user_text, user_likes=likes))
         latencies.append((time.perf_counter() - start) * 1000)
-        claims = tools.checker.unsupported_claims(text, item, user_text)
+        # The user's likes count as their own words, as in the LM justifier's own check.
+        claims = tools.checker.unsupported_claims(text, item, " ".join([user_text, *likes]))
         unsupported += len(claims)
         personal += tools.checker.refers_to_user(text, likes)
         hypotheses.append(text)

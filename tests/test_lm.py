@@ -87,6 +87,8 @@ def test_lora_adapter_is_loaded_and_used_by_the_ranker(lm: LanguageModel, tmp_pa
     after = LMRanker(tuned).score("a scary zombie film", [HORROR, SHARK])
     assert all(math.isfinite(v) for v in after)
     assert not torch.allclose(torch.tensor(before), torch.tensor(after))
+    tuned.load_adapter(tmp_path / "adapter")  # replaces the adapter instead of stacking a second one
+    assert LMRanker(tuned).score("a scary zombie film", [HORROR, SHARK]) == pytest.approx(after, abs=1e-5)
     with pytest.raises(LanguageModelError):
         tuned.load_adapter(tmp_path)
 
@@ -109,7 +111,7 @@ def test_ranker_scores_are_finite_deterministic_and_batch_independent(ranker: LM
     assert len(scores) == len(items)
     assert all(math.isfinite(s) and s < 0 for s in scores)
     assert scores == ranker.score(context, items)  # deterministic
-    assert scores[0] == pytest.approx(scores[4], abs=1e-6)  # identical items, identical scores
+    assert scores[0] == pytest.approx(scores[4], abs=1e-5)  # identical items, identical scores
     singles = [ranker.score(context, [item])[0] for item in (HORROR, KNIFE)]
     assert singles == pytest.approx(scores[:2], abs=1e-4)  # batch of 1 == batch of N
     assert ranker.score(context, []) == []
