@@ -55,6 +55,7 @@ from chatbot.service import Chatbot
 from chatbot.sessions import SessionConflict, SessionNotFound, export_session
 from chatbot.state import SessionState
 from retrieval.catalog import Catalog, CatalogError, load_catalog, safe_name
+from retrieval.errors import DependencyUnavailable
 from retrieval.index import Library
 from retrieval.settings import Settings, get_settings
 
@@ -80,6 +81,7 @@ LOCAL_IDENTITY = "local"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDENTITY_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+_SESSION_PATH_RE = re.compile(rf"^/{API_VERSION}/sessions/([^/]+)")
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("recchat_request_id", default="-")
 
 
@@ -403,7 +405,8 @@ class HealthPublic(BaseModel):
     status: Literal["ok"] = "ok"
 
 
-ReadinessState = Literal["starting", "warming_up", "ready", "failed"]
+ReadinessState = Literal["starting", "warming_up", "ready", "degraded", "failed"]
+DEPENDENCY_CHECK_SECONDS = 3.0
 
 
 class ReadinessPublic(BaseModel):
@@ -412,6 +415,8 @@ class ReadinessPublic(BaseModel):
     status: ReadinessState
     catalog: str | None
     reason: str | None = None
+    dependencies: dict[str, str] = Field(default_factory=dict,
+                                         description='Each checked dependency: "ok" or why it is down.')
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -450,6 +455,11 @@ def api_error_for(exc: BaseException) -> ApiError | None:
         return ApiError(409, "session_conflict", "the session kept changing; try again")
     if isinstance(exc, MessageError):
         return ApiError(422, "invalid_message", str(exc))
+    if isinstance(exc, DependencyUnavailable):
+        log_event(logging.WARNING, "dependency_unavailable", dependency=exc.dependency,
+                  exception=type(exc.__cause__ or exc).__name__)
+        return ApiError(503, exc.code, f"{exc.dependency.replace('_', ' ')} unavailable; try again later",
+                        headers={"Retry-After": "5"})
     return None
 
 
@@ -535,6 +545,8 @@ class RequestContextMiddleware:
         request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
         token = _request_id.set(request_id)
         state = scope.setdefault("state", {})
+        session_match = _SESSION_PATH_RE.match(scope.get("path", ""))
+        session_id = session_match.group(1)[:128] if session_match else None
         started = time.perf_counter()
         response_status = 500
         response_started = False
@@ -561,7 +573,8 @@ class RequestContextMiddleware:
             log_event(
                 logging.DEBUG if quiet else logging.INFO, "request", method=scope.get("method"),
                 path=scope.get("path"), status=response_status,
-                ms=(time.perf_counter() - started) * 1000, owner=state.get("owner"), error=state.get("error_code"),
+                ms=(time.perf_counter() - started) * 1000, owner=state.get("owner"), session_id=session_id,
+                error=state.get("error_code"),
                 client=client[0] if client else None,
             )
             _request_id.reset(token)
@@ -1247,11 +1260,22 @@ async def healthz() -> HealthPublic:
 
 @probes.get("/readyz", responses={503: {"model": ReadinessPublic, "description": "Not ready, with the reason."}})
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Readiness: 200 once the models are loaded and the default catalog is indexed, else 503 with why."""
+    """Readiness: 200 once the models are loaded, the default catalog is indexed and every dependency
+    (session store, vector store, LM server) answers; else 503 with why."""
     readiness = runtime.readiness
-    catalog = runtime.chatbot.settings.default_catalog if runtime.chatbot is not None else None
+    bot = runtime.chatbot
+    catalog = bot.settings.default_catalog if bot is not None else None
     body = ReadinessPublic(status=readiness.state, catalog=catalog, reason=readiness.reason)
-    return JSONResponse(body.model_dump(), status_code=200 if readiness.state == "ready" else 503)
+    if bot is not None and readiness.state == "ready":
+        try:
+            with anyio.fail_after(DEPENDENCY_CHECK_SECONDS):
+                body.dependencies = await anyio.to_thread.run_sync(bot.check_dependencies, abandon_on_cancel=True)
+        except TimeoutError:
+            body.dependencies = {"all": f"no answer within {DEPENDENCY_CHECK_SECONDS} s"}
+        down = sorted(name for name, outcome in body.dependencies.items() if outcome != "ok")
+        if down:
+            body.status, body.reason = "degraded", f"unavailable: {', '.join(down)}"
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -1332,7 +1356,7 @@ def create_app(
 
     app.add_middleware(DeclaredBodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(RequestContextMiddleware)  # outermost: request id and 500s cover everything
-    for exc_type in (ApiError, SessionNotFound, SessionConflict, CatalogError, MessageError):
+    for exc_type in (ApiError, SessionNotFound, SessionConflict, CatalogError, MessageError, DependencyUnavailable):
         app.add_exception_handler(exc_type, _handle_api_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from chatbot.grounding import GroundingChecker
     from chatbot.justify import Justifier
     from chatbot.lm import LanguageModel
+    from chatbot.remote_lm import RemoteLanguageModel
 
 Feedback = Literal["like", "dislike", "seen", "chosen"]
 
@@ -41,11 +42,12 @@ class Chatbot:
         self.settings = settings
         self.library = library or Library(settings)
         if store is None:
-            from chatbot.sessions import SQLiteSessionStore
+            from chatbot.sessions import open_session_store
 
-            store = SQLiteSessionStore.for_data_dir(settings.data_dir)
+            store = open_session_store(settings)
         self.store = store
         self._lm: LanguageModel | None = None
+        self._remote: RemoteLanguageModel | None = None
         self._lm_lock = threading.Lock()
         self.use_lm = use_lm
         self.dialogue = dialogue or self._default_dialogue()
@@ -60,18 +62,38 @@ class Chatbot:
                 self._lm = LanguageModel(self.settings)
             return self._lm
 
+    @property
+    def remote(self) -> RemoteLanguageModel | None:
+        """The LM server client when ``settings.lm_url`` is set (and the LM is used), else None."""
+        if not (self.use_lm and self.settings.lm_url):
+            return None
+        with self._lm_lock:
+            if self._remote is None:
+                from chatbot.remote_lm import RemoteLanguageModel
+
+                self._remote = RemoteLanguageModel(self.settings)
+            return self._remote
+
     def _default_dialogue(self) -> DialogueManager:
         ranker = None
+        remote = self.remote
         if self.use_lm and self.settings.rank_candidates > 0:
-            from chatbot.ranking import LMRanker
+            if remote is not None:
+                ranker = remote.ranker()
+            else:
+                from chatbot.ranking import LMRanker
 
-            ranker = LMRanker(self.lm)
+                ranker = LMRanker(self.lm)
 
         def justifier_factory(catalog: Catalog, checker: GroundingChecker) -> Justifier:
             from chatbot.justify import LMJustifier, TemplateJustifier
 
             template = TemplateJustifier()
-            return LMJustifier(self.lm, checker, template) if self.use_lm else template
+            if not self.use_lm:
+                return template
+            if remote is not None:
+                return remote.justifier(checker, template)
+            return LMJustifier(self.lm, checker, template)
 
         return DialogueManager(self.library, ranker, justifier_factory, rerank=self.settings.rank_candidates,
                                max_message_chars=self.settings.max_message_chars)
@@ -85,8 +107,33 @@ class Chatbot:
         tools = self.dialogue.tools(catalog or self.settings.default_catalog)
         _ = tools.generator.matrix
         tools.generator.embedder.encode_one("warm up")
-        if self.use_lm:
+        if self.remote is not None:
+            self.remote.check()
+        elif self.use_lm:
             _ = self.lm.model
+
+    def check_dependencies(self) -> dict[str, str]:
+        """``{dependency: "ok" or why it failed}`` for the session store, the vector store and the LM server.
+
+        Each part answers through an optional ``ping()`` (raising `DependencyUnavailable` when down);
+        parts without one are not checked. Used by ``/readyz``.
+        """
+        from retrieval.errors import DependencyUnavailable
+
+        checks: dict[str, object] = {"session_store": getattr(self.store, "ping", None),
+                                     "vector_store": getattr(self.library, "ping", None)}
+        if self.remote is not None:
+            checks["lm"] = self.remote.check
+        out: dict[str, str] = {}
+        for name, ping in checks.items():
+            if not callable(ping):
+                continue
+            try:
+                ping()
+                out[name] = "ok"
+            except DependencyUnavailable as exc:
+                out[name] = str(exc) or type(exc).__name__
+        return out
 
     # -- sessions ----------------------------------------------------------------------------------
     def create_session(self, catalog: str | None = None, owner: str = "", likes: list[str] | None = None,

@@ -28,9 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from chatbot.state import SessionState
+
+if TYPE_CHECKING:
+    from retrieval.settings import Settings
 
 DEFAULT_FILENAME = "sessions.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
@@ -320,3 +323,12 @@ def require_session(store: SessionStore, session_id: str) -> SessionState:
 def export_session(state: SessionState) -> dict[str, Any]:
     """The session as a JSON-ready dict (only str, numbers, bools, None, lists and dicts)."""
     return state.model_dump(mode="json")
+
+
+def open_session_store(settings: Settings) -> SessionStore:
+    """The store the settings name: Redis when ``sessions_url`` is set, else SQLite under the data directory."""
+    if settings.sessions_url:
+        from chatbot.redis_sessions import RedisSessionStore  # the redis client is imported only when used
+
+        return RedisSessionStore.from_url(settings.sessions_url)
+    return SQLiteSessionStore.for_data_dir(settings.data_dir)

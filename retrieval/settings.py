@@ -20,6 +20,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".recchat"), description="Where indexes, catalogs and sessions live.")
     chroma_url: str = Field(default="", description="Chroma server URL; empty means embedded PersistentClient.")
+    sessions_url: str = Field(default="", description="redis://host:port/db for a shared Redis session store; "
+                              "empty = SQLite under the data directory.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     default_catalog: str = "movies"
     embedding_model: str = Field(default="", description="Sentence-transformer folder; empty = all-MiniLM-L6-v2.")
@@ -27,6 +29,11 @@ class Settings(BaseSettings):
     candidates: int = Field(default=100, ge=1, le=5000, description="Candidates returned by default.")
     lm_model: str = Field(default="", description="Causal LM folder (or GGUF file); empty = SmolLM2-135M-Instruct.")
     adapter: str = Field(default="", description="LoRA adapter folder; empty = the shipped one; 'none' = base LM.")
+    lm_url: str = Field(default="", description="Base URL of an OpenAI-compatible completions server (vLLM, TGI) "
+                        "that serves the LM; empty = the LM runs in this process.")
+    lm_api_key: SecretStr = Field(default=SecretStr(""), description="Bearer key for lm_url, if it needs one.")
+    lm_served_model: str = Field(default="recchat", description="The model name sent to lm_url.")
+    lm_timeout_s: float = Field(default=30.0, gt=0, le=600, description="Timeout of one call to lm_url.")
     rank_candidates: int = Field(default=20, ge=0, le=200, description="Candidates the LM re-ranks (0 = off).")
     api_keys: SecretStr = Field(default=SecretStr(""), description="'key1:client,key2:admin'; empty = loopback only.")
     max_message_chars: int = Field(default=2000, ge=1, le=100_000)
@@ -35,13 +42,21 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=60, ge=0, description="Requests per minute per API key (0 = off).")
     max_concurrency: int = Field(default=4, ge=1, le=64, description="Turns processed at once by the server.")
 
-    @field_validator("chroma_url")
+    @field_validator("chroma_url", "lm_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         value = value.strip()
         if value and not value.startswith(("http://", "https://")):
-            raise ValueError("chroma_url must start with http:// or https:// (or be empty for embedded)")
+            raise ValueError("the URL must start with http:// or https:// (or be empty)")
         return value.rstrip("/")
+
+    @field_validator("sessions_url")
+    @classmethod
+    def _check_sessions_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("sessions_url must start with redis://, rediss:// or unix:// (or be empty for SQLite)")
+        return value
 
     def resolved_device(self) -> str:
         """``cuda`` when asked for or when ``auto`` finds a GPU, else ``cpu``."""
