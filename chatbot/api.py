@@ -28,9 +28,11 @@ import json
 import logging
 import math
 import re
+import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -64,7 +66,10 @@ __all__ = [
     "Caller",
     "InsecureBindError",
     "TokenBuckets",
+    "JsonLogFormatter",
+    "TextLogFormatter",
     "check_bind",
+    "configure_logging",
     "create_app",
     "get_chatbot",
     "parse_api_keys",
@@ -77,12 +82,15 @@ Reaction = Literal["like", "dislike", "seen", "chosen"]
 CatalogFormat = Literal["jsonl", "json", "csv", "tsv"]
 
 API_VERSION = "v1"
+# Largest page offset: the session stores hand it to SQLite (64-bit integers) or Redis; beyond it, 422.
+MAX_OFFSET = 1_000_000_000
 LOCAL_IDENTITY = "local"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDENTITY_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 _SESSION_PATH_RE = re.compile(rf"^/{API_VERSION}/sessions/([^/]+)")
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("recchat_request_id", default="-")
+_session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("recchat_session_id", default=None)
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -464,10 +472,17 @@ def api_error_for(exc: BaseException) -> ApiError | None:
 
 
 def internal_error(exc: BaseException, where: str) -> ErrorPublic:
-    """Log ``exc`` with its traceback under a new error id; the body tells the client only that id."""
+    """Log ``exc`` with its traceback under a new error id; the body tells the client only that id.
+
+    The record carries the exception itself (``exc_info``, for in-process handlers such as an error tracker),
+    but its *message* may quote user input (a message text, a catalog value), so recchat's formatters
+    (`TextLogFormatter`, `JsonLogFormatter`) write the traceback's frames and exception types and withhold the
+    messages unless the log level is DEBUG.
+    """
     error_id = uuid.uuid4().hex
-    log.error("%s", _kv_line("internal_error", error_id=error_id, where=where, exception=type(exc).__name__),
-              exc_info=exc)
+    fields: dict[str, object] = {"error_id": error_id, "where": where, "exception": type(exc).__name__}
+    log.error("%s", _kv_line("internal_error", **fields), exc_info=exc,
+              extra={"recchat": {"event": "internal_error", **_event_fields(**fields)}})
     return ErrorPublic(error=ErrorBody(code="internal_error", message=f"internal error (error_id {error_id})",
                                        error_id=error_id))
 
@@ -515,16 +530,126 @@ def _kv_value(value: object) -> str:
     return text
 
 
+def _event_fields(**fields: object) -> dict[str, object]:
+    """The fields of an event line: the request id, the session id of a session route, then ``fields``."""
+    out: dict[str, object] = {"request_id": _request_id.get()}
+    session_id = _session_id.get()
+    if session_id is not None and fields.get("session_id") is None:
+        out["session_id"] = session_id
+    out.update((key, value) for key, value in fields.items() if value is not None)
+    return out
+
+
 def _kv_line(event: str, **fields: object) -> str:
-    parts = [f"event={event}", f"request_id={_request_id.get()}"]
-    parts += [f"{key}={_kv_value(value)}" for key, value in fields.items() if value is not None]
-    return " ".join(parts)
+    pairs = [f"{key}={_kv_value(value)}" for key, value in _event_fields(**fields).items()]
+    return " ".join([f"event={event}", *pairs])
 
 
 def log_event(level: int, event: str, **fields: object) -> None:
-    """Log one ``key=value`` line with the current request id. Never pass message text or keys."""
+    """Log one event: a ``key=value`` line with the request id (and the session id on session routes); the
+    fields also ride on the record (``record.recchat``) for `JsonLogFormatter`.
+
+    Never pass message text (the user's, the reply's, a justification) or API keys: only ids, counts and codes.
+    """
     if log.isEnabledFor(level):
-        log.log(level, "%s", _kv_line(event, **fields))
+        structured = {"event": event, **_event_fields(**fields)}
+        log.log(level, "%s", _kv_line(event, **fields), extra={"recchat": structured})
+
+
+WITHHELD = "[message withheld; shown at log level DEBUG]"
+
+
+def format_exception(exc: BaseException, *, with_messages: bool) -> str:
+    """A traceback of ``exc`` and its causes; ``with_messages=False`` keeps frames and exception types but
+    withholds the exceptions' messages, which may quote user input."""
+    if with_messages:
+        return "".join(traceback.format_exception(exc)).rstrip("\n")
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts: list[str] = []
+    for n, link in enumerate(reversed(chain)):
+        if n:
+            parts.append("\nwhich led to:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(link.__traceback__))
+        parts.append(f"{type(link).__module__}.{type(link).__qualname__}: {WITHHELD}\n")
+    return "".join(parts).rstrip("\n")
+
+
+class _RecchatFormatter(logging.Formatter):
+    """Shared by the text and JSON formats: exceptions are rendered here (never from ``record.exc_text``, which
+    another handler may have filled with the full messages), with messages only when ``debug`` is set."""
+
+    def __init__(self, *, debug: bool = False) -> None:
+        super().__init__(datefmt="%Y-%m-%dT%H:%M:%S")
+        self.debug = debug
+
+    def exception_text(self, record: logging.LogRecord) -> str | None:
+        if not record.exc_info or record.exc_info[1] is None:
+            return None
+        return format_exception(record.exc_info[1], with_messages=self.debug)
+
+    def timestamp(self, record: logging.LogRecord) -> str:
+        return f"{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d}{time.strftime('%z')}"
+
+
+class TextLogFormatter(_RecchatFormatter):
+    """``<time> <LEVEL> <logger> event=... request_id=... key=value ...`` (the default of ``recchat serve``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.timestamp(record)} {record.levelname} {record.name} {record.getMessage()}"
+        exception = self.exception_text(record)
+        return f"{line}\n{exception}" if exception else line
+
+
+class JsonLogFormatter(_RecchatFormatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, then ``event`` and its fields (``request_id``,
+    ``session_id``, ...) for recchat's events, or ``message`` (and ``request_id`` inside a request) for other
+    records; ``exception`` holds the traceback (messages withheld unless DEBUG)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {"time": self.timestamp(record), "level": record.levelname, "logger": record.name}
+        structured = getattr(record, "recchat", None)
+        if isinstance(structured, dict):
+            out.update(structured)
+        else:
+            out["message"] = record.getMessage()
+            if _request_id.get() != "-":
+                out["request_id"] = _request_id.get()
+        exception = self.exception_text(record)
+        if exception:
+            out["exception"] = exception
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+LogFormat = Literal["text", "json"]
+
+
+def configure_logging(log_format: LogFormat = "text", level: int | str = logging.INFO) -> logging.Handler:
+    """Send every log record (recchat's, uvicorn's, libraries', Python warnings) to stderr in one format.
+
+    Replaces the root logger's handlers; returns the new handler.
+    """
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    debug = numeric <= logging.DEBUG
+    formatter = JsonLogFormatter(debug=debug) if log_format == "json" else TextLogFormatter(debug=debug)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # uvicorn's own handlers would bypass ours
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    logging.captureWarnings(True)
+    return handler
 
 
 class RequestContextMiddleware:
@@ -547,6 +672,7 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         session_match = _SESSION_PATH_RE.match(scope.get("path", ""))
         session_id = session_match.group(1)[:128] if session_match else None
+        session_token = _session_id.set(session_id)  # every event logged for the request carries it
         started = time.perf_counter()
         response_status = 500
         response_started = False
@@ -573,10 +699,12 @@ class RequestContextMiddleware:
             log_event(
                 logging.DEBUG if quiet else logging.INFO, "request", method=scope.get("method"),
                 path=scope.get("path"), status=response_status,
-                ms=(time.perf_counter() - started) * 1000, owner=state.get("owner"), session_id=session_id,
+                ms=(time.perf_counter() - started) * 1000, owner=state.get("owner"),
+                session_id=session_id or state.get("session_id"),  # the path's, or the one a POST created
                 error=state.get("error_code"),
                 client=client[0] if client else None,
             )
+            _session_id.reset(session_token)
             _request_id.reset(token)
 
 
@@ -948,6 +1076,7 @@ def _load_and_index(runtime: ApiRuntime, library: Library, name: str, data: byte
 # -- routes ----------------------------------------------------------------------------------------
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorPublic, "description": "Malformed request, e.g. a body that is not JSON (`invalid_request`)."},
     401: {"model": ErrorPublic, "description": "Missing or invalid API key (`unauthorized`)."},
     422: {"model": ErrorPublic, "description": "Invalid request (`invalid_request` and others)."},
     429: {"model": ErrorPublic, "description": "Too many requests (`rate_limited`, see Retry-After)."},
@@ -959,6 +1088,20 @@ _TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorPublic, "description": "`message_too_long` or `request_too_large`."},
 }
 
+
+def _json_errors(*responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """Error responses documented as ``application/json`` on a route whose own media type is another one.
+
+    FastAPI documents an additional response's model under the route's response class media type, so on the
+    server-sent-events route every JSON error would be documented as ``text/event-stream``.
+    """
+    out: dict[int | str, dict[str, Any]] = {}
+    for merged in responses:
+        for code, spec in merged.items():
+            schema = {"$ref": f"#/components/schemas/{spec['model'].__name__}"}
+            out[code] = {"description": spec["description"], "content": {"application/json": {"schema": schema}}}
+    return out
+
 v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(enforce_rate_limit)], responses=_ERRORS)
 uploads = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(enforce_rate_limit)], responses=_ERRORS)
 probes = APIRouter(tags=["probes"])
@@ -966,7 +1109,7 @@ probes = APIRouter(tags=["probes"])
 
 @v1.post("/sessions", status_code=status.HTTP_201_CREATED, tags=["sessions"], responses=_NOT_FOUND)
 def create_session(
-    bot: ChatbotDep, caller: CallerDep, response: Response,
+    bot: ChatbotDep, caller: CallerDep, request: Request, response: Response,
     body: Annotated[SessionCreate | None, Body()] = None,
 ) -> SessionPublic:
     """Start a conversation on a catalog, optionally with items (ids or titles) the user already likes."""
@@ -976,6 +1119,7 @@ def create_session(
     except MessageError as exc:
         raise ApiError(422, "unknown_item", str(exc)) from None
     response.headers["Location"] = f"/{API_VERSION}/sessions/{state.id}"
+    request.state.session_id = state.id  # for the request's log line
     log_event(logging.INFO, "session_created", session_id=state.id, owner=caller.identity, catalog=state.catalog)
     return session_public(bot, state)
 
@@ -983,7 +1127,7 @@ def create_session(
 @v1.get("/sessions", tags=["sessions"])
 def list_sessions(
     bot: ChatbotDep, caller: CallerDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> SessionList:
     """The caller's conversations, most recently updated first."""
     states = bot.list_sessions(caller.identity, limit, offset)
@@ -1028,7 +1172,7 @@ _SSE_DOC = (
 
 
 @v1.post("/sessions/{session_id}/messages/stream", tags=["messages"], response_class=EventSourceResponse,
-         responses={200: {"description": _SSE_DOC}, **_NOT_FOUND, **_TOO_LARGE})
+         responses={200: {"description": _SSE_DOC}, **_json_errors(_ERRORS, _NOT_FOUND, _TOO_LARGE)})
 async def stream_message(turn: TurnDep, runtime: RuntimeDep) -> AsyncIterator[ServerSentEvent]:
     """Send a user message and stream the reply as server-sent events (token..., then reply or error)."""
     loop = asyncio.get_running_loop()
@@ -1140,7 +1284,7 @@ def search_items(
     name: str, bot: ChatbotDep,
     q: Annotated[str | None, Query(max_length=200, description="Title substring or a description.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, description="Only when browsing (no q).")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Only when browsing (no q).")] = 0,
 ) -> ItemSearchResults:
     """Search a catalog: items whose title contains ``q`` first, then semantic matches; without ``q``, browse."""
     catalog = bot.library.catalog(name)

@@ -13,7 +13,9 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,12 @@ _YEAR_IN_TITLE_RE = re.compile(r"\((?P<year>1[89]\d\d|20\d\d)\)\s*$")
 # Text is truncated for embedding: MiniLM sees at most 256 word pieces anyway.
 MAX_TEXT_CHARS = 1000
 MAX_SHORT_STRING = 60  # string fields up to this long are also usable as filter attributes
+# What a file's reading may raise besides UnicodeDecodeError: I/O and gzip trouble (BadGzipFile is an OSError,
+# a truncated stream an EOFError, corrupt data a zlib.error).
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+# Metadata keys Chroma refuses, rejecting the whole batch: empty, starting with "#" or "$" (its query
+# operators and keys such as "#document"), and "chroma:document".
+_RESERVED_METADATA = re.compile(r"^(?:[#$]|chroma:document$|$)")
 
 
 class CatalogError(ValueError):
@@ -60,8 +68,12 @@ class Item(BaseModel):
         return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:16]
 
     def metadata(self) -> dict[str, Any]:
-        """Chroma metadata: numbers, short strings and non-empty lists (lower-cased for filtering)."""
-        meta: dict[str, Any] = {"title": self.title}
+        """Chroma metadata: numbers, short strings and non-empty lists (lower-cased for filtering).
+
+        Fields whose names Chroma reserves (``#...``, ``$...``, ``chroma:document``) are left out: Chroma would
+        refuse the whole batch.
+        """
+        meta: dict[str, Any] = {}
         for name, number in self.numbers.items():
             meta[name] = number
         for name, value in self.text.items():
@@ -71,7 +83,8 @@ class Item(BaseModel):
             cleaned = [v.lower() for v in values if v]
             if cleaned:
                 meta[name] = cleaned
-        return meta
+        meta["title"] = self.title  # last: a field that happens to be called "title" does not replace it
+        return {name: value for name, value in meta.items() if not _RESERVED_METADATA.match(name)}
 
     def attribute_values(self) -> Iterator[tuple[str, str]]:
         """(field, value) pairs a user may name: list members and short strings."""
@@ -85,9 +98,9 @@ class Item(BaseModel):
     def display(self) -> dict[str, Any]:
         """Fields for showing the item to a person."""
         out: dict[str, Any] = {"id": self.id, "title": self.title}
-        out.update(self.numbers)
-        out.update(self.lists)
-        out.update(self.text)
+        for fields in (self.numbers, self.lists, self.text):
+            for name, value in fields.items():
+                out.setdefault(name, value)  # a field called "id" or "title" does not hide the real ones
         return out
 
 
@@ -160,13 +173,46 @@ def parse_number(value: str) -> float | None:
     match = _NUMBER_RE.match(value)
     if not match:
         return None
-    return float(match.group("num").replace(",", ""))
+    number = float(match.group("num").replace(",", ""))
+    return number if math.isfinite(number) else None  # 400 nines are "inf": not a number filters can use
+
+
+def _finite(value: int | float) -> float | None:
+    """``value`` as a finite float, or None (NaN, infinities and integers beyond float range)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: problem reports quote values, which may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _encoding(path: Path) -> str:
+    """UTF-16 when the file starts with its byte-order mark (Excel's "Unicode text"), else UTF-8 (BOM or not)."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+        head = fh.read(2)
+    return "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    encoding = _encoding(path)
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig")  # noqa: SIM115 - closed by caller
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding)
+    return open(path, encoding=encoding)  # noqa: SIM115 - closed by caller
+
+
+def _parse_json(text: str) -> Any:  # noqa: ANN401 - any JSON value
+    """`json.loads` whose failures are all `ValueError`: deep nesting (RecursionError) and integers of more
+    than 4,300 digits (a plain ValueError) included."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _raw_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, Any]]:
@@ -189,9 +235,9 @@ def _raw_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, Any]]:
     stripped = text.lstrip()
     if kind == ".json" or (stripped.startswith("[") and kind != ".jsonl"):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CatalogError(f"{path}: not valid JSON ({exc})") from exc
+            data = _parse_json(text)
+        except ValueError as exc:
+            raise CatalogError(f"{path}: not valid JSON ({_first_line(exc)})") from None
         if isinstance(data, dict):
             # {"items": [...]} or {id: record}
             lists = [v for v in data.values() if isinstance(v, list)]
@@ -204,13 +250,21 @@ def _raw_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, Any]]:
         for i, row in enumerate(data, start=1):
             yield i, row
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # JSON lines end at "\n" only: splitlines() would also split at U+2028, U+0085 and the like, which JSON
+    # allows unescaped inside strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            yield lineno, _parse_json(line)
         except json.JSONDecodeError as exc:
             report.add(lineno, f"unparseable JSON line ({exc.msg})")
+        except ValueError as exc:
+            report.add(lineno, f"unparseable JSON line ({_first_line(exc)})")
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    return str(exc).split("\n", 1)[0][:limit]
 
 
 def _pick_field(keys: Iterable[str], preferred: tuple[str, ...]) -> str | None:
@@ -247,8 +301,8 @@ def _maybe_list(value: str) -> list[str] | None:
     value = value.strip()
     if value.startswith("[") and value.endswith("]"):
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
+            parsed = _parse_json(value)
+        except ValueError:
             return None
         return _as_strings(parsed) if isinstance(parsed, list) else None
     if "|" in value and len(value) < 300:
@@ -296,7 +350,9 @@ def load_catalog(
                 continue
             rows.append((lineno, row))
     except UnicodeDecodeError as exc:
-        raise CatalogError(f"{path}: not UTF-8 text ({exc})") from exc
+        raise CatalogError(f"{path}: not UTF-8 text ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise CatalogError(f"{path}: cannot read the file ({type(exc).__name__}: {_first_line(exc)})") from None
     report.rows = len(rows)
     if not rows:
         raise CatalogError(f"{path}: no catalog rows found" + _problem_tail(report))
@@ -351,17 +407,18 @@ def _make_item(
     report: LoadReport,
 ) -> Item | None:
     title = row.get(title_field)
-    if isinstance(title, int | float) and not isinstance(title, bool):
+    if isinstance(title, int | float) and not isinstance(title, bool) and _finite(title) is not None:
         title = str(title)
-    if not isinstance(title, str) or not title.strip(" ,\t"):
+    # Whitespace is collapsed first: a title of only Unicode spaces (U+2028, U+00A0...) is no title.
+    title = " ".join(title.split()).strip(" ,") if isinstance(title, str) else ""
+    if not title:
         report.add(lineno, f"no usable title in field {title_field!r}")
         return None
-    title = " ".join(title.strip(" ,\t").split())
     item_id = title
     if id_field is not None:
         raw_id = row.get(id_field)
         if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or str(raw_id).strip() == "":
-            report.add(lineno, f"bad id in field {id_field!r}: {raw_id!r}")
+            report.add(lineno, f"bad id in field {id_field!r}: {_short(raw_id)}")
             return None
         item_id = str(raw_id).strip()
     text: dict[str, str] = {}
@@ -371,10 +428,20 @@ def _make_item(
         if key in (title_field, id_field) or value is None:
             continue
         key = str(key).strip()
+        if not key:
+            report.add(lineno, "a field without a name; ignored")
+            continue
+        if key in (title_field, id_field) or key in text or key in lists or key in numbers:
+            report.add(lineno, f"field {key!r} appears twice (up to spaces); ignored")
+            continue
         if isinstance(value, bool):
             numbers[key] = float(value)
         elif isinstance(value, int | float):
-            numbers[key] = float(value)
+            number = _finite(value)
+            if number is None:
+                report.add(lineno, f"field {key!r}: {_short(value, 40)} is not a finite number; ignored")
+            else:
+                numbers[key] = number
         elif isinstance(value, str):
             value = value.strip()
             if not value:
@@ -382,7 +449,7 @@ def _make_item(
             if key in numeric:
                 number = parse_number(value)
                 if number is None:
-                    report.add(lineno, f"field {key!r}: {value!r} is not a number; ignored")
+                    report.add(lineno, f"field {key!r}: {_short(value)} is not a number; ignored")
                 else:
                     numbers[key] = number
                 continue
