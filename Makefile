@@ -32,6 +32,7 @@ run: install
 
 test: install
 	PYTHON=$(PY) bash scripts/install_browser.sh || echo "browser set-up failed: the browser test will say why"
+	bash scripts/install_services.sh || echo "redis-server set-up failed: the Redis tests will say why"
 	$(PY) -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 

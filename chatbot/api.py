@@ -847,15 +847,27 @@ class ApiRuntime:
         self.readiness = Readiness("warming_up", f"loading the models and the {catalog!r} catalog index")
         log_event(logging.INFO, "warm_up_started", catalog=catalog, lm=bot.use_lm)
         started = time.perf_counter()
-        try:
-            await _in_daemon_thread(bot.warm_up, "recchat-warm-up")
-        except Exception as exc:  # readiness says why; the traceback goes to the log
-            body = internal_error(exc, "warm_up")
-            reason = str(exc) if isinstance(exc, CatalogError) else type(exc).__name__
-            self.readiness = Readiness("failed", f"warm-up failed: {reason} (error_id {body.error.error_id})")
-            return
+        delay = 1.0
+        while True:
+            try:
+                await _in_daemon_thread(bot.warm_up, "recchat-warm-up")
+                break
+            except DependencyUnavailable as exc:
+                # Chroma, Redis or the LM server is not up yet: keep trying, the worker recovers by itself.
+                self.readiness = Readiness("warming_up", f"waiting for the {exc.dependency.replace('_', ' ')}")
+                log_event(logging.WARNING, "warm_up_waiting", dependency=exc.dependency, retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception as exc:  # readiness says why; the traceback goes to the log
+                self._warm_up_failed(exc)
+                return
         self.readiness = Readiness("ready", None)
         log_event(logging.INFO, "warm_up_done", catalog=catalog, seconds=time.perf_counter() - started)
+
+    def _warm_up_failed(self, exc: Exception) -> None:
+        body = internal_error(exc, "warm_up")
+        reason = str(exc) if isinstance(exc, CatalogError) else type(exc).__name__
+        self.readiness = Readiness("failed", f"warm-up failed: {reason} (error_id {body.error.error_id})")
 
 
 async def _in_daemon_thread(func: Callable[[], None], name: str) -> None:

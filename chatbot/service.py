@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -211,12 +213,14 @@ class Chatbot:
 
     def _update(self, session_id: str, owner: str | None, change: Callable[[SessionState], object]):  # noqa: ANN202
         with self.store.lock(session_id):
-            for _ in range(5):
+            for attempt in range(8):
                 state = self.get_session(session_id, owner)
                 result = change(state)
                 try:
                     self.store.put(state)
                     return result
                 except SessionConflict:
-                    continue  # another process wrote first: redo the turn on the fresh state
+                    # Another process wrote first: redo the turn on the fresh state, after a short random
+                    # pause so that two workers retrying the same session do not collide again and again.
+                    time.sleep(random.uniform(0, 0.05 * 2**attempt))
             raise SessionConflict(f"session {session_id} kept changing; try again")

@@ -20,17 +20,19 @@ Nothing is opened at import time; the database file is created by the constructo
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from chatbot.state import SessionState
+from retrieval.errors import SessionStoreUnavailable
 
 if TYPE_CHECKING:
     from retrieval.settings import Settings
@@ -54,6 +56,30 @@ _SCHEMA = (
 )
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# sqlite3.OperationalError messages that mean "the database cannot be used right now" (a 503 that may pass:
+# a writer held the lock past busy_timeout, the disk is gone, full or failing), not a bug in a statement.
+_UNAVAILABLE_MESSAGES = ("database is locked", "unable to open database file", "disk i/o error",
+                         "database or disk is full", "attempt to write a readonly database")
+
+
+def _sqlite_unavailable_as_503(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Raise SQLite's "cannot use the database now" errors as `SessionStoreUnavailable` (the API's 503)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if str(exc).lower().startswith(_UNAVAILABLE_MESSAGES):
+                raise SessionStoreUnavailable(f"SQLite session store unavailable: {exc}") from exc
+            raise
+
+    return wrapper
+
+
 class SessionNotFound(KeyError):  # noqa: N818 - the name the API promises
     """No session with this id exists."""
 
@@ -67,10 +93,12 @@ class SessionConflict(RuntimeError):  # noqa: N818 - the name the API promises
 
 @runtime_checkable
 class SessionStore(Protocol):
-    """Where conversations live. Implemented by :class:`SQLiteSessionStore`; a Redis store may follow.
+    """Where conversations live: :class:`SQLiteSessionStore`, or ``chatbot.redis_sessions.RedisSessionStore``.
 
     Every implementation must give ``put`` the same optimistic-concurrency contract and ``lock`` the
-    same in-process semantics, so callers never depend on which store they were handed.
+    same in-process semantics, so callers never depend on which store they were handed. A store that
+    cannot be reached raises `retrieval.errors.SessionStoreUnavailable`; implementations also offer a
+    ``ping()`` (not part of the protocol) that ``/readyz`` calls.
     """
 
     def get(self, session_id: str) -> SessionState | None:
@@ -237,11 +265,18 @@ class SQLiteSessionStore:
 
     # -- SessionStore ------------------------------------------------------------------------------
 
+    @_sqlite_unavailable_as_503
+    def ping(self) -> None:
+        """Raise `SessionStoreUnavailable` unless the database answers a query (used by ``/readyz``)."""
+        self._conn().execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+
+    @_sqlite_unavailable_as_503
     def get(self, session_id: str) -> SessionState | None:
         """The stored session, or ``None``."""
         row = self._conn().execute("SELECT data FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return None if row is None else SessionState.model_validate_json(row[0])
 
+    @_sqlite_unavailable_as_503
     def put(self, state: SessionState) -> SessionState:
         """Store ``state`` if ``state.version`` is the stored version (0: must be new).
 
@@ -272,6 +307,7 @@ class SQLiteSessionStore:
                 )
         return stored
 
+    @_sqlite_unavailable_as_503
     def delete(self, session_id: str) -> bool:
         """Remove a session; ``True`` if it existed."""
         conn = self._conn()
@@ -279,6 +315,7 @@ class SQLiteSessionStore:
             cursor = conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         return cursor.rowcount > 0
 
+    @_sqlite_unavailable_as_503
     def list(self, owner: str | None = None, limit: int = 100, offset: int = 0) -> list[SessionState]:
         """Sessions, most recently updated first (ties by id), optionally only ``owner``'s."""
         if limit < 0 or offset < 0:

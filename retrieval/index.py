@@ -97,6 +97,13 @@ class Library:
             self._store = VectorStore(make_chroma_client(self.settings))
         return self._store
 
+    def ping(self) -> None:
+        """Raise `retrieval.errors.VectorStoreUnavailable` unless the vector store answers (for ``/readyz``).
+
+        A failed client creation is not cached (``store`` stays unset), so a later ping connects afresh.
+        """
+        self.store.heartbeat()
+
     @property
     def catalog_dir(self) -> Path:
         return self.settings.data_dir / "catalogs"
