@@ -101,8 +101,10 @@ class Chatbot:
                                max_message_chars=self.settings.max_message_chars)
 
     def close(self) -> None:
-        """Release the session store."""
+        """Release the session store and the LM server client."""
         self.store.close()
+        if self._remote is not None:
+            self._remote.close()
 
     def warm_up(self, catalog: str | None = None) -> None:
         """Load the catalog (indexing it on first use), its vectors and the models, before traffic arrives."""
