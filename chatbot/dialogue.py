@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chatbot.grounding import sanitise_item, sanitise_text, unsafe_title, unsafe_value
 from chatbot.state import Message, Recommendation, SessionState
 from chatbot.understanding import MessageInterpreter, Understanding
 from retrieval.candidates import Candidate, CandidateGenerator, Constraints, Preferences
@@ -46,6 +47,9 @@ _FIELD_HINTS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = tuple(
          r"\btell me more\b|\bmore about\b", ("plot", "description", "summary", "overview", "text")),
     )
 )
+# The answer to a message that was nothing but an injection: back to the task, nothing echoed.
+_OFF_TASK_REPLY = ("I can only help you find something in this catalog, and each conversation stays private. "
+                   "What are you in the mood for? Name one you liked, or describe what you're after.")
 _GENERIC_REQUEST_RE = re.compile(
     r"^\s*(?:(?:can|could|would) you\s+)?(?:please\s+)?(?:recommend|suggest|give me|show me|find me|i want|i need|"
     r"i'?m looking for|looking for|any)?\s*(?:me\s+)?(?:a|an|some|something|anything|one|ideas?|recommendations?|"
@@ -164,10 +168,13 @@ class DialogueManager:
         timings: dict[str, float] = {"understand": (time.perf_counter() - started) * 1000}
 
         act = understanding.act
-        if act == "reset":
+        if understanding.injection and not understanding.wish:
+            reply = self._say(state, _OFF_TASK_REPLY, "clarify", sink)
+        elif act == "reset":
             reply = self._say(state, "Okay, let's start over. What are you in the mood for?", "reset", sink)
         elif act == "question" and targets:
-            reply = self._say(state, self.answer(tools.catalog[targets[0]], text, tools), "question", sink)
+            question = understanding.wish or text  # the question without any injected sentence
+            reply = self._say(state, self.answer(tools.catalog[targets[0]], question, tools), "question", sink)
         elif act == "question" and not state.recommended and not understanding.items:
             reply = self._say(state, "Which one do you mean? Ask me for a few suggestions first, or name it.",
                               "clarify", sink)
@@ -343,13 +350,18 @@ class DialogueManager:
 
     @staticmethod
     def _clarifying_question(catalog: Catalog) -> str:
-        fields = sorted({name for item in catalog.items[:500] for name in item.lists})
+        fields = sorted({name for item in catalog.items[:500] for name in item.lists if not unsafe_value(name)})
         hint = f" (for example a {fields[0]} you like)" if fields else ""
         return ("Happy to help! What do you usually enjoy? Name one you liked, or describe what you're after"
                 f"{hint}.")
 
     def answer(self, item: Item, question: str, tools: CatalogTools) -> str:
-        """Answer a question about one item from its catalog record only."""
+        """Answer a question about one item from its catalog record only.
+
+        The record is quoted without its injected parts (chat tokens, forged turns, orders to the
+        assistant): the answer repeats what the record says about the item, never what it commands.
+        """
+        item = sanitise_item(item)
         for pattern, names in _FIELD_HINTS:
             if not pattern.search(question):
                 continue
@@ -387,11 +399,11 @@ class DialogueManager:
 
     def lm_context(self, state: SessionState, catalog: Catalog) -> str:
         """The short text the LM ranker conditions on: recent wishes and liked titles."""
-        likes = [catalog[i].title for i in state.liked[-5:] if i in catalog]
+        likes = [catalog[i].title for i in state.liked[-5:] if i in catalog and not unsafe_title(catalog[i].title)]
         parts = []
         if likes:
             parts.append("I like " + ", ".join(likes) + ".")
-        parts += state.wishes[-3:]
+        parts += [sanitise_text(w) for w in state.wishes[-3:]]  # wishes of older sessions were stored raw
         return " ".join(parts)[-600:]
 
     def rank(self, prefs: Preferences, lm_context: str, catalog_name: str, k: int,
@@ -400,6 +412,8 @@ class DialogueManager:
         tools = self.tools(catalog_name)
         start = time.perf_counter()
         candidates = tools.generator.candidates(prefs, max(k, self.pool))
+        # An item whose title is an instruction or carries chat tokens is a poisoned record: never shown.
+        candidates = [c for c in candidates if not unsafe_title(tools.catalog[c.item_id].title)]
         if timings is not None:
             timings["retrieval"] = (time.perf_counter() - start) * 1000
         head = candidates[: self.rerank]
@@ -441,7 +455,7 @@ class DialogueManager:
         pieces = [intro]
         items: list[ReplyItem] = []
         start = time.perf_counter()
-        request_text = " ".join(m.text for m in state.messages if m.role == "user")[-1500:]
+        request_text = " ".join(sanitise_text(m.text) for m in state.messages if m.role == "user")[-1500:]
         likes = self.user_likes(state, tools.catalog)
         from chatbot.justify import JustificationRequest
 
@@ -473,7 +487,7 @@ class DialogueManager:
 
     @staticmethod
     def user_likes(state: SessionState, catalog: Catalog) -> list[str]:
-        likes = [catalog[i].title for i in state.liked if i in catalog]
+        likes = [catalog[i].title for i in state.liked if i in catalog and not unsafe_title(catalog[i].title)]
         for bucket in (state.constraints.include, state.constraints.include_all):
             for values in bucket.values():
                 likes += values

@@ -10,6 +10,11 @@ own words contain it; numbers are compared numerically, so ``$1,299.99``, ``1299
 The check is deliberately one-sided: it never proves a sentence true, but it catches the usual
 inventions of a small LM (a wrong year, an actor from another film, another item's title).
 
+Catalog text and user messages are untrusted data. `scan` reduces such text to its data (chat-template
+tokens, forged system/assistant turns and orders to the assistant removed), `sanitise_item` does so for a
+record, `unsafe_title` marks records that must never be shown, and `GroundingChecker.injected` finds
+generated sentences that repeat an injection, carry a link or quote a system prompt.
+
 >>> checker = GroundingChecker(catalog)  # doctest: +SKIP
 >>> checker.unsupported_claims("Heat (1995) stars Tom Hanks.", catalog["176314"])  # doctest: +SKIP
 ['Tom Hanks']
@@ -18,6 +23,7 @@ inventions of a small LM (a wrong year, an actor from another film, another item
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 from retrieval.catalog import MAX_SHORT_STRING, Catalog, Item
@@ -239,6 +245,38 @@ class GroundingChecker:
                 return True
         return False
 
+    def injected(self, text: str, item: Item, user_text: str = "", protected: Sequence[str] = ()) -> list[str]:
+        """Why generated ``text`` must not be shown although its facts may check out (empty: it may).
+
+        It carries chat-template tokens, role headers, markup or an instruction; it has a link or an email
+        address the item's cleaned record does not; it repeats words that occur only in the injected
+        parts of the record or of ``user_text`` (see `scan`); or it quotes five words in a row of one of
+        the ``protected`` texts (system prompts).
+        """
+        reasons = sorted(scan(text)[1])
+        folded = fold(text)
+        clean_item = sanitise_item(item)
+        clean_record = fold(record_text(clean_item))
+        urls = [m.group(0).lower() for m in _URL_RE.finditer(folded)]
+        if any(url not in clean_record for url in urls):
+            reasons.append("link")
+        clean_user = sanitise_text(user_text)
+        trusted = set(_TOKEN_RE.findall(clean_record + " " + fold(clean_user)))
+        untrusted = set(_TOKEN_RE.findall(fold(record_text(item) + " " + user_text))) - trusted - COMMON_WORDS
+        if clean_item is item and clean_user == " ".join(user_text.split()):
+            untrusted = set()  # nothing was injected: every word of the record and the user is data
+        if untrusted & set(_TOKEN_RE.findall(folded)):
+            reasons.append("injected words")
+        words = _TOKEN_RE.findall(folded)
+        shingles = {" ".join(words[i:i + _SHINGLE]) for i in range(len(words) - _SHINGLE + 1)}
+        for secret in protected:
+            secret_words = _TOKEN_RE.findall(fold(secret))
+            if any(" ".join(secret_words[i:i + _SHINGLE]) in shingles
+                   for i in range(len(secret_words) - _SHINGLE + 1)):
+                reasons.append("prompt")
+                break
+        return reasons
+
 
 _NEGATIONS = frozenset({"not", "no", "never", "nothing", "without", "too", "isn", "don", "doesn"})
 
@@ -258,3 +296,202 @@ def _name_runs(span: str) -> list[str]:
 def _decade_supported(decade: int, known: Iterable[float]) -> bool:
     starts = [decade] if decade >= 100 else [1900 + decade, 2000 + decade]
     return any(start <= number < start + 10 for start in starts for number in known)
+
+
+# -- prompt injection ------------------------------------------------------------------------------------
+# Catalog text and user messages are data. These helpers find the parts of such text that try to act as
+# instructions or as chat-template structure (fake turns), so that they never reach the LM's prompt, the
+# templated justifications or the dialogue state, and so that generated text repeating them is dropped.
+
+# Look-alike Cyrillic and Greek letters, folded to Latin for detection only (never for output: a catalog
+# may legitimately be in Cyrillic or Greek).
+_CONFUSABLES = str.maketrans("АВЕНІЈКМОРСТХаеіјорсхуѕԁһӏΑΒΕΗΙΚΜΝΟΡΤΧΥΖαοιν",
+                             "ABEHIJKMOPCTXaeijopcxysdhlABEHIKMNOPTXYZaoiv")
+# Invisible characters removed from untrusted text: zero-width spaces, word joiners, BOM, bidi overrides
+# ("Trojan source"). ZWJ/ZWNJ stay: scripts and emoji need them (detection ignores them anyway).
+_INVISIBLE_RE = re.compile("[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_ROLE = r"(?i:system|assistant|developer|model|tool|ipython|user|human)"
+_PRIVILEGED = {"system", "assistant", "developer", "model", "tool", "ipython", ""}
+# Chat-template structure of the common model families (ChatML, Llama 2/3, Gemma, Zephyr/Phi), JSON chat
+# messages, and role headers such as "SYSTEM:" or "### Assistant:" that start a fake turn in plain text.
+_STRUCTURE_RE = re.compile(
+    rf"(?P<open><\|im_start\|>[ \t]*(?P<r1>{_ROLE})?"
+    rf"|<\|start_header_id\|>[ \t]*(?P<r2>{_ROLE})?[ \t]*<\|end_header_id\|>"
+    rf"|<start_of_turn>[ \t]*(?P<r3>{_ROLE})?"
+    rf"|<\|(?P<r4>{_ROLE})\|>"
+    r"|<<SYS>>)"
+    r"|(?P<close><\|im_end\|>|<\|eot_id\|>|<end_of_turn>|<\|end\|>|<</SYS>>|</s>|\[/INST\]|<\|endoftext\|>)"
+    r"|(?P<neutral><\|[^<>|\n]{1,40}\|>|<s>|\[INST\]|<\|?endoftext\|?>)"
+    r"|(?P<json>\{\s*\"role\"\s*:\s*\"(?P<jrole>\w*)\"\s*,\s*\"content\"\s*:\s*\"(?P<jcontent>(?:[^\"\\]|\\.)*)\"\s*\})"
+    r"|(?P<header>(?:(?:^|(?<=[.!?\n\"'>\]}]))[ \t]*|#{1,6}[ \t]*)(?i:system|assistant|developer)[ \t]*:"
+    r"|\b(?:SYSTEM|ASSISTANT|DEVELOPER)[ \t]*:)"
+)
+_LINE_END_RE = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)|\n")
+_MARKUP_RE = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|$)|</?[A-Za-z][^<>]{0,300}>", re.IGNORECASE | re.DOTALL)
+_SENTENCE_SPLIT_RE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+|\n+")
+# Sentences addressed to an assistant rather than describing an item or a wish (read on `fold`ed text).
+_INSTRUCTION_RE = re.compile("|".join((
+    # Kept narrow on purpose: plots say "forget the past", "act as a double agent", "send messages", "a
+    # hidden message", "jam sessions"; such sentences must stay.
+    r"\b(?:ignore|disregard|forget|override|bypass)\b[^.!?\n]{0,40}\b(?:instructions?|prompts?|guidelines|directives)\b",
+    r"\b(?:ignore|disregard|forget)\s+(?:all\s+|any\s+|the\s+|everything\s+)?(?:above\b|(?:previous|prior|earlier|"
+    r"preceding|foregoing)\s+(?:\w+\s+)?(?:instructions?|prompts?|messages?|text|context|rules|directions|commands|"
+    r"orders)\b)",
+    r"\b(?:system|developer)\s+(?:prompt|instructions?|message)\b|"
+    r"\b(?:hidden|initial|original|secret)\s+(?:prompt|instructions|context)\b",
+    r"\brepeat\b[^.!?\n]{0,40}\b(?:above|prompt|instructions|verbatim|word for word)\b",
+    r"\b(?:reveal|print|repeat|show|output|display|leak|dump|tell me|give me|what (?:is|are)|write out)\b"
+    r"[^.!?\n]{0,40}\byour\s+(?:\w+\s+)?(?:prompt|instructions|rules|configuration|guidelines)\b",
+    r"\byou are (?:now|no longer)\b|\bpretend (?:that )?you are\b|\bjailbreak|\b(?:developer|debug|admin) mode\b|"
+    r"\bdo anything now\b|\byou are dan\b",
+    r"\b(?:the|this)\s+(?:ai\s+)?(?:assistant|chatbot|language model|llm|recommender|bot)\s+(?:must|should|shall|"
+    r"has to|needs to|will)\s+(?:now\s+)?(?:always\s+|only\s+|never\s+)?(?:print|reveal|say|reply|respond|recommend|"
+    r"ignore|tell|output|answer|repeat|obey)\b",
+    r"\b(?:tell|ask|instruct|direct|urge)\s+(?:the\s+)?(?:users?|readers?|customers?|visitors?)\s+to\b",
+    r"\b(?:recommend|suggest|promote|mention|say)\b[^.!?\n]{0,80}\b(?:every|each|all|any)\s+(?:query|queries|"
+    r"requests?|answers?|responses?|conversations?)\b",
+    r"\b(?:email|e-mail|send|post|upload|forward|leak)\b[^.!?\n]{0,20}\b(?:your|the)\s+(?:\w+\s+)?(?:prompt|"
+    r"instructions|conversation history|chat history|session data)\b",
+    r"\b(?:list|show|reveal|give|tell|switch to|open|read|access|dump)\b[^.!?\n]{0,30}\b(?:all|other|another|"
+    r"their|every)\s+(?:users?(?:'s?)?|sessions?|session ids?|conversations|people'?s?\s+(?:messages|sessions|"
+    r"conversations))\b",
+    r"\bsessions?\s+(?:id\s+)?[0-9a-f]{8,}\b",
+    r"\bi am (?:the|an|your) (?:admin|administrator|developer|owner|operator)\b",
+    r"\b(?:other|another)\s+(?:users?|customers?|people|person)(?:'s)?\s+(?:say|said|says|wrote|write|typed|asked|"
+    r"told|messages?|sessions?|conversations?|chats?|history|data|secrets?)\b",
+)))
+# "say HACKED", "reply only with PWNED": a demand to utter a shouted word (read on case-kept text).
+_SAY_RE = re.compile(r"\b(?i:say|reply|respond|answer|write|output|print|type)\b\s+(?i:only\s+)?(?i:with\s+)?"
+                     r"(?i:the\s+word\s+)?[\"'“]?[A-Z]{4,}\b")
+_URL_RE = re.compile(r"\b(?:https?|ftp)://|\bwww\.|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|"
+                     r"\b[\w-]+\.(?:com|net|org|io|example|ru|xyz|info|biz|ly|me|co)\b", re.IGNORECASE)
+_SHINGLE = 5
+
+
+def fold(text: str) -> str:
+    """Detection form of untrusted text: compatibility forms, invisible characters and look-alikes folded.
+
+    ``"Ｉg\u200bnore prеvious"`` (full-width, zero-width space, Cyrillic е) -> ``"ignore previous"``.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return text.translate(_CONFUSABLES).lower()
+
+
+def is_instruction(sentence: str) -> bool:
+    """Whether a sentence gives orders to the assistant ("ignore previous instructions", "say PWNED")."""
+    if _INSTRUCTION_RE.search(fold(sentence)):
+        return True
+    upper = "".join(c for c in unicodedata.normalize("NFKC", sentence) if unicodedata.category(c) != "Cf")
+    return bool(_SAY_RE.search(upper.translate(_CONFUSABLES)))
+
+
+def _structure(text: str, findings: set[str]) -> list[str]:
+    """The data chunks of ``text``: chat-template tokens removed, fake system/assistant turns dropped."""
+    chunks: list[str] = []
+    pos = 0
+    skip_until_close = False
+    while pos <= len(text):
+        match = _STRUCTURE_RE.search(text, pos)
+        end = match.start() if match else len(text)
+        if not skip_until_close:
+            chunks.append(text[pos:end])
+        if match is None:
+            break
+        pos = max(match.end(), pos + 1) if match.end() == match.start() else match.end()
+        if match.group("open") is not None:
+            findings.add("token")
+            role = (match.group("r1") or match.group("r2") or match.group("r3") or match.group("r4") or "").lower()
+            # A user turn is what a user would say anyway; any other turn is a forged instruction.
+            skip_until_close = role in _PRIVILEGED
+        elif match.group("close") is not None:
+            findings.add("token")
+            skip_until_close = False
+        elif match.group("neutral") is not None:
+            findings.add("token")
+        elif match.group("json") is not None:
+            findings.add("role")
+            if match.group("jrole").lower() in ("user", "human") and not skip_until_close:
+                chunks.append(match.group("jcontent"))
+        elif match.group("header") is not None:
+            findings.add("role")
+            if not skip_until_close:
+                # A role header's turn lasts to the end of its sentence or line.
+                stop = _LINE_END_RE.search(text, pos)
+                pos = stop.end() if stop else len(text)
+    return chunks
+
+
+def scan(text: str) -> tuple[str, set[str]]:
+    """Untrusted text reduced to its data, and what was found in it.
+
+    Chat-template tokens and markup are removed, forged system/assistant turns (`<|im_start|>system ...`,
+    `SYSTEM: ...`, `{"role": "system", ...}`) and sentences that give orders to the assistant are dropped.
+    Findings: ``token``, ``role``, ``markup``, ``instruction``. Text without any comes back unchanged
+    (whitespace collapsed).
+    """
+    findings: set[str] = set()
+    kept: list[str] = []
+    dropped: list[str] = []
+    # Chat structure first: "</s>" and "<<SYS>>" would otherwise be taken for markup.
+    for chunk in _structure(_INVISIBLE_RE.sub("", text), findings):
+        if _MARKUP_RE.search(chunk):
+            findings.add("markup")
+            chunk = _MARKUP_RE.sub(" ", chunk)
+        for sentence in _SENTENCE_SPLIT_RE.split(chunk):
+            sentence = " ".join(sentence.split())
+            if not sentence:
+                continue
+            if is_instruction(sentence):
+                findings.add("instruction")
+                dropped.append(fold(sentence))
+                continue
+            kept.append(sentence)
+    if not findings:
+        return " ".join(text.split()), findings
+    # A repeated injection cut by the length limit leaves its start behind ("... Ignore all"): drop it too.
+    kept = [k for k in kept if not (len(k.split()) >= 2 and any(d.startswith(fold(k)) for d in dropped))]
+    return " ".join(kept), findings
+
+
+def sanitise_text(text: str) -> str:
+    """The data part of untrusted text (see `scan`)."""
+    return scan(text)[0] if text else text
+
+
+def unsafe_value(value: str) -> bool:
+    """Whether a short value (a title, a list value, a like) carries an instruction or chat structure."""
+    return bool(scan(value)[1] & {"token", "role", "instruction"})
+
+
+def unsafe_title(title: str) -> bool:
+    """Whether a title is an instruction or carries chat-template structure: such an item is never shown."""
+    return bool(scan(title)[1] & {"token", "role", "instruction"})
+
+
+def sanitise_item(item: Item) -> Item:
+    """A copy of ``item`` whose text and list values hold only data (see `scan`); numbers unchanged.
+
+    Values that were nothing but an injection are dropped; so is the injected part of a title.
+    """
+    text: dict[str, str] = {}
+    for name, value in item.text.items():
+        clean, findings = scan(value)
+        if clean:
+            text[name] = clean if findings else value
+    lists: dict[str, list[str]] = {}
+    for name, values in item.lists.items():
+        kept = []
+        for value in values:
+            clean, findings = scan(value)
+            if clean and not unsafe_value(value):
+                kept.append(clean if findings else value)
+        if kept:
+            lists[name] = kept
+    title = item.title
+    if unsafe_title(title):
+        # Such an item is never recommended; here it is only named, without its forged turn or order.
+        title = scan(title)[0] or "this item"
+    if text == item.text and lists == item.lists and title == item.title:
+        return item
+    return item.model_copy(update={"title": title, "text": text, "lists": lists})

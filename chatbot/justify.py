@@ -14,7 +14,16 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chatbot.grounding import COMMON_WORDS, GroundingChecker, normalise, stem
+from chatbot.grounding import (
+    COMMON_WORDS,
+    GroundingChecker,
+    normalise,
+    sanitise_item,
+    sanitise_text,
+    stem,
+    unsafe_value,
+)
+from chatbot.ranking import SYSTEM_PROMPT as RANKING_SYSTEM_PROMPT
 from retrieval.catalog import MAX_SHORT_STRING, Item
 
 if TYPE_CHECKING:
@@ -135,7 +144,7 @@ class TemplateJustifier:
 
     def sentences(self, request: JustificationRequest) -> list[str]:
         """The one or two sentences of the justification."""
-        item = request.item
+        item = sanitise_item(request.item)  # what the record says, never what it orders
         matched = overlap(item, request.user_likes)
         fields: dict[str, list[str]] = {}
         for _, name, value in matched:  # overlapping fields first, matched values first
@@ -196,9 +205,29 @@ SYSTEM_PROMPT = ("You explain in one or two short sentences why an item fits wha
                  "Use only the facts given about the item. Do not mention any other title, person or number.")
 
 
+def _safe_likes(likes: Sequence[str]) -> list[str]:
+    """Likes that are data: a like carrying chat tokens, a role header or an instruction is left out."""
+    out = []
+    for like in likes:
+        clean = sanitise_text(like)
+        if clean.strip() and not unsafe_value(like):
+            out.append(clean)
+    return out
+
+
+def _quoted(text: str) -> str:
+    """Free text shown to the LM as a quotation, so that it reads as data about the item."""
+    return '"' + text.replace('"', "'") + '"'
+
+
 def justification_prompt(request: JustificationRequest, max_text_chars: int = 300) -> list[dict[str, str]]:
-    """Chat messages for the LM: the item's own record (nothing else) and the user's likes."""
-    item = request.item
+    """Chat messages for the LM: the item's own record (nothing else) and the user's likes.
+
+    Record and user text are untrusted: chat-template tokens, forged turns and sentences that give orders
+    are removed first (`chatbot.grounding.scan`), so that they can neither close the system turn nor
+    steer the model; free text is quoted.
+    """
+    item = sanitise_item(request.item)
     lines = [f"Item: {item.title}"]
     for name, values in item.lists.items():
         if values and not _SKIP_FIELD_RE.search(name):
@@ -208,12 +237,13 @@ def justification_prompt(request: JustificationRequest, max_text_chars: int = 30
             lines.append(f"{_field_label(name)}: {_format_number(number)}")
     for name, value in item.text.items():
         if not _SKIP_FIELD_RE.search(name):
-            lines.append(f"{_field_label(name)}: {_shorten(value, max_text_chars)}")
-    likes = ", ".join(like for like in request.user_likes if like.strip()) or "not stated"
+            shown = _shorten(value, max_text_chars)
+            lines.append(f"{_field_label(name)}: {_quoted(shown) if len(shown) > MAX_SHORT_STRING else shown}")
+    likes = ", ".join(_safe_likes(request.user_likes)) or "not stated"
     user = "\n".join(lines) + f"\n\nThe user likes: {likes}\n"
-    said = " ".join(request.user_text.split())
+    said = sanitise_text(request.user_text)
     if said:
-        user += f"The user said: {said[-300:]}\n"
+        user += f"The user said: {_quoted(said[-300:])}\n"
     user += f"\nIn one or two sentences, tell the user why {item.title} fits what they like."
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
@@ -224,17 +254,18 @@ def answer_start(request: JustificationRequest) -> str:
     A 135M-parameter model tends to repeat the instruction instead of following it; starting its
     answer with the user's likes and the item's title keeps it on topic and makes it refer to the user.
     """
+    item = sanitise_item(request.item)
     unique: dict[str, str] = {}
-    for like in request.user_likes:
+    for like in _safe_likes(request.user_likes):
         like = " ".join(like.split())
         if like and not _NEGATION_RE.search(like):
             unique.setdefault(normalise(like), like)
     likes = list(unique.values())
-    matched = list(dict.fromkeys(like for like, _, _ in overlap(request.item, likes)))
+    matched = list(dict.fromkeys(like for like, _, _ in overlap(item, likes)))
     chosen = (matched or likes)[:2]
     if chosen:
-        return f"Since you like {_join(chosen)}, you may enjoy {request.item.title} because"
-    return f"You may enjoy {request.item.title} because"
+        return f"Since you like {_join(chosen)}, you may enjoy {item.title} because"
+    return f"You may enjoy {item.title} because"
 
 
 class _SentenceLimit:
@@ -299,8 +330,21 @@ class LMJustifier:
         return "".join(self.stream(request))
 
     def stream(self, request: JustificationRequest) -> Iterator[str]:
-        """Grounded sentences as soon as each is complete, else the template text."""
-        support = " ".join([request.user_text, *request.user_likes])
+        """Grounded sentences as soon as each is complete, else the template text.
+
+        A sentence is also dropped when `GroundingChecker.injected` objects: it carries chat tokens,
+        a link, an instruction, words of an injected part of the record or of the user's text, or
+        quotes a system prompt. Facts count only from the cleaned record and the cleaned user text.
+        """
+        raw_support = " ".join([request.user_text, *request.user_likes])
+        support = " ".join([sanitise_text(request.user_text), *_safe_likes(request.user_likes)])
+        item = sanitise_item(request.item)
+
+        def rejected(sentence: str) -> bool:
+            return bool(self.checker.unsupported_claims(sentence, item, support)
+                        or self.checker.injected(sentence, request.item, raw_support,
+                                                 (SYSTEM_PROMPT, RANKING_SYSTEM_PROMPT)))
+
         emitted = 0
         dropped = 0
         buffer = ""
@@ -309,7 +353,7 @@ class LMJustifier:
                 buffer += piece
                 sentences, buffer = split_sentences(buffer)
                 for sentence in sentences:
-                    if self.checker.unsupported_claims(sentence, request.item, support):
+                    if rejected(sentence):
                         dropped += 1
                         continue
                     yield sentence if emitted == 0 else " " + sentence
@@ -321,7 +365,7 @@ class LMJustifier:
                     break  # closing() stops the generation thread
         tail = " ".join(buffer.split())
         if tail and emitted < self.max_sentences and _FINAL_END_RE.search(tail):
-            if self.checker.unsupported_claims(tail, request.item, support):
+            if rejected(tail):
                 dropped += 1
             else:
                 yield tail if emitted == 0 else " " + tail

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from chatbot.grounding import scan, unsafe_title, unsafe_value
 from retrieval.catalog import Catalog
 from retrieval.linking import EntityLinker
 
@@ -125,6 +126,7 @@ class Understanding:
     rejects_all: bool = False
     reaction: Literal["like", "dislike", "seen"] | None = None
     wish: str = ""
+    injection: bool = False  # the message held chat tokens, a forged turn or orders to the assistant
 
 
 def _clause_of(text: str, start: int) -> tuple[int, int]:
@@ -224,11 +226,22 @@ class MessageInterpreter:
         return [signal for _, signal, _ in sorted(by_value.values(), key=lambda v: v[2])]
 
     def interpret(self, text: str, has_recommendations: bool) -> Understanding:
-        """Read one user message."""
-        items = [ItemSignal(m.item_id, _polarity(text, m.start, m.end), m.surface)
-                 for m in self.linker.link_items(text)]
-        title_spans = [(m.start, m.end) for m in self.linker.link_items(text)]
-        attributes = self._attributes(text, title_spans)
+        """Read one user message.
+
+        Only the message's data is read: chat-template tokens, forged system/assistant turns and
+        sentences that give the assistant orders ("ignore previous instructions ...") are dropped first,
+        so they can neither set state nor become wishes; ``injection`` says that something was dropped.
+        Items whose title is itself an instruction are never linked, nor are such attribute values.
+        """
+        text, findings = scan(text)
+        injection = bool(findings & {"token", "role", "instruction"})
+        if not text:
+            return Understanding(act="recommend", injection=injection)
+        mentions = [m for m in self.linker.link_items(text)
+                    if m.item_id in self.catalog and not unsafe_title(self.catalog[m.item_id].title)]
+        items = [ItemSignal(m.item_id, _polarity(text, m.start, m.end), m.surface) for m in mentions]
+        title_spans = [(m.start, m.end) for m in mentions]
+        attributes = [a for a in self._attributes(text, title_spans) if not unsafe_value(a.value)]
         ranges = self._ranges(text)
         references = [_ORDINALS[m.group(1).lower()] for m in _ORDINAL_RE.finditer(text)]
         references += [int(m.group(1)) - 1 for m in _NUMBER_REF_RE.finditer(text)]
@@ -263,6 +276,7 @@ class MessageInterpreter:
         return Understanding(
             act=act, items=items, attributes=attributes, ranges=ranges, references=references, pronoun=pronoun,
             wants_different=wants_different, rejects_all=rejects_all, reaction=reaction, wish=text.strip(),
+            injection=injection,
         )
 
     def _ranges(self, text: str) -> dict[str, tuple[float | None, float | None]]:

@@ -201,6 +201,105 @@ def bench_api_cmd(
     typer.echo(json.dumps(bench_api(url, conversations, turns, catalog, api_key), indent=2))
 
 
+class VectorsName(StrEnum):
+    auto = "auto"
+    catalog = "catalog"
+    synthetic = "synthetic"
+
+
+def _write_json(out: Path, data: object) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    typer.echo(f"report written to {out}")
+
+
+@bench_app.command("load")
+def bench_load_cmd(
+    url: Annotated[str, typer.Option(help="Base URL of a running `recchat serve`.")] = "http://127.0.0.1:7860",
+    users: Annotated[str, typer.Option(help="Concurrent simulated users: M, or a sweep like 1,2,4,8,16.")] = "4",
+    duration: Annotated[float, typer.Option(min=1.0, help="Seconds each level runs (in-flight turns finish).")] = 30.0,
+    catalog: Annotated[str | None, typer.Option(help="Catalog of the sessions (server default if omitted).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key, if the server has keys.")] = None,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Per-request timeout in seconds.")] = 120.0,
+    threshold: Annotated[float, typer.Option(min=0.1, help="p95 turn latency (s) whose crossing is reported.")] = 5.0,
+    wait_ready: Annotated[float, typer.Option(min=0.0, help="Seconds to wait for /readyz before failing.")] = 30.0,
+    note: Annotated[list[str] | None, typer.Option(
+        help="Free text recorded in the report, e.g. the server's settings (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Concurrent users replaying scripted conversations: throughput, turn p50/p95/p99, errors per level."""
+    from eval.bench import BenchError, bench_load, format_load_table, parse_counts
+
+    try:
+        counts = parse_counts(users)
+    except ValueError as exc:
+        raise fail(f"--users: {exc}", 2) from None
+
+    def progress(level: dict) -> None:
+        lat = level["turn_latency_ms"]
+        typer.echo(f"{level['users']} user(s): {level['ok_turns']} turns, p50 {lat['p50']} ms, p95 {lat['p95']} ms, "
+                   f"{level['error_count']} errors", err=True)
+
+    try:
+        report = bench_load(url, counts, duration, catalog, api_key, timeout, threshold, wait_ready,
+                            on_level=progress)
+    except BenchError as exc:
+        raise fail(str(exc)) from None
+    report["notes"] = note or []
+    typer.echo(f"{report['url']} catalog {report['catalog']!r}, {report['conversations_from']}, "
+               f"{duration:g} s per level")
+    typer.echo(format_load_table(report))
+    if out is not None:
+        _write_json(out, report)
+
+
+@bench_app.command("retrieval")
+def bench_retrieval_cmd(
+    items: Annotated[str, typer.Option(help="Catalog size(s): 2000, 7k, 100k, 1M or a list 7k,100k.")],
+    chroma_url: Annotated[str | None, typer.Option(help="A Chroma server (default: embedded, temp folder).")] = None,
+    queries: Annotated[int, typer.Option(min=1, help="Timed queries per kind.")] = 200,
+    k: Annotated[int, typer.Option("-k", min=1, help="Nearest neighbours per query.")] = 100,
+    vectors: Annotated[VectorsName, typer.Option(
+        help="catalog: the real catalog's vectors; synthetic; auto: real when the catalog is big enough.")]
+        = VectorsName.auto,
+    catalog: Annotated[str | None, typer.Option(help="Catalog of the real vectors (default from settings).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic vectors and the queries.")] = 0,
+    time_limit: Annotated[float | None, typer.Option(
+        min=1.0, help="Stop a build after this many seconds and report it as incomplete.")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    note: Annotated[list[str] | None, typer.Option(help="Free text recorded in the report (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Chroma index build time and k-NN query p50/p95 (plain and filtered) at a catalog size."""
+    from eval.bench import bench_retrieval, format_retrieval_table, parse_counts
+    from retrieval.catalog import CatalogError
+    from retrieval.store import VectorStoreError
+
+    try:
+        sizes = parse_counts(items)
+    except ValueError as exc:
+        raise fail(f"--items: {exc}", 2) from None
+    library = None
+    if vectors is not VectorsName.synthetic:
+        from retrieval.index import Library
+
+        library = Library(get_settings())
+    reports = []
+    for size in sizes:
+        try:
+            reports.append(bench_retrieval(size, chroma_url, queries, k, vectors.value, catalog, seed, time_limit,
+                                           progress, library=library))
+        except (CatalogError, VectorStoreError) as exc:
+            raise fail(str(exc)) from None
+        if len(sizes) > 1:  # a long list: each size's line as soon as it is measured
+            typer.echo(format_retrieval_table(reports[-1:]), err=True)
+    typer.echo(format_retrieval_table(reports))
+    if out is not None:
+        for report in reports:
+            report["notes"] = note or []
+        _write_json(out, reports[0] if len(reports) == 1 else {"benchmark": "retrieval", "runs": reports})
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate)
     app.command("eval-justify")(evaluate_justifications)
