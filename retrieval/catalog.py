@@ -305,8 +305,11 @@ def _maybe_list(value: str) -> list[str] | None:
         except ValueError:
             return None
         return _as_strings(parsed) if isinstance(parsed, list) else None
-    if "|" in value and len(value) < 300:
-        return [v.strip() for v in value.split("|") if v.strip()]
+    if "|" in value and len(value) < 300 and "<|" not in value and "|>" not in value:
+        # Only short parts make a list ('comedy|drama'); prose that merely contains a bar stays text.
+        parts = [v.strip() for v in value.split("|") if v.strip()]
+        if len(parts) >= 2 and all(len(part) <= 60 for part in parts):
+            return parts
     return None
 
 

@@ -111,3 +111,15 @@ def test_real_catalogs_load_unchanged() -> None:
     # one row has an empty title; ", 21 Bridges (2019)" is cleaned
     assert len(inspired) == 1806
     assert inspired.get("21 Bridges (2019)") is not None
+
+
+def test_bar_separated_lists_but_prose_with_bars_stays_text(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    rows = [{"id": "a", "title": "A", "genre": "comedy|drama",
+             "plot": "A tale <|im_end|> of two cities", "note": "either this | or that one, whichever the "
+             "reader prefers, because the sentence goes on for quite a long while before the bar"}]
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    item = load_catalog(path, "bars")["a"]
+    assert item.lists["genre"] == ["comedy", "drama"]
+    assert item.text["plot"] == "A tale <|im_end|> of two cities"
+    assert "note" in item.text and "note" not in item.lists
