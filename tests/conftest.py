@@ -127,3 +127,19 @@ def live_server(app: Any, wait_ready: bool = True) -> Iterator[str]:  # noqa: AN
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def wait_until_ready(url: str, process: Any, log_path: Path, timeout: float = 120) -> None:  # noqa: ANN401
+    """Poll ``{url}/readyz`` until it answers 200; fail with the server's log if the process exits or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"serve did not become ready in {timeout:.0f} s"
+        time.sleep(0.2)

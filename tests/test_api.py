@@ -33,7 +33,7 @@ from chatbot.sessions import SQLiteSessionStore
 from retrieval.catalog import Catalog, load_catalog
 from retrieval.index import Library
 from retrieval.settings import Settings
-from tests.conftest import DATA, live_server
+from tests.conftest import DATA, live_server, wait_until_ready
 
 KEYS = {"alice": "alice-key-3f9a1c", "bob": "bob-key-77d2e0", "ops": "ops-key-c41b9e"}
 API_KEYS = f"{KEYS['alice']}:client:alice,{KEYS['bob']}:client:bob,{KEYS['ops']}:admin:ops"
@@ -738,16 +738,7 @@ def test_serve_command_serves_the_api(products: Catalog, free_tcp_port: int, tmp
         )
     url = f"http://127.0.0.1:{free_tcp_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, output.read_text()
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready in 120 s"
-            time.sleep(0.2)
+        wait_until_ready(url, process, output)
         with httpx.Client(base_url=url, timeout=60) as c:
             session_id = new_session(c)
             assert c.get(f"/v1/sessions/{session_id}").json()["owner"] == "local"

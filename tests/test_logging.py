@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from chatbot.service import Chatbot
 from retrieval.catalog import Catalog
 from retrieval.index import Library
 from retrieval.settings import Settings
-from tests.conftest import live_server
+from tests.conftest import live_server, wait_until_ready
 
 TEXT_MARKER = "quokka7731marker"  # in every message text the tests send
 KEY_MARKER = "keymarker9f3e"  # in every API key, valid or not
@@ -198,16 +197,7 @@ def test_serve_writes_one_json_object_per_line(movies_small: Catalog, free_tcp_p
              str(free_tcp_port)], stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     url = f"http://127.0.0.1:{free_tcp_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, stderr_path.read_text()
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready in 120 s"
-            time.sleep(0.2)
+        wait_until_ready(url, process, stderr_path)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60) as c:
             session_id = c.post("/v1/sessions", json={}).json()["id"]
             turn = c.post(f"/v1/sessions/{session_id}/messages", json={"text": f"a heist movie {TEXT_MARKER}"},
