@@ -174,10 +174,11 @@ class VectorStore:
         self, name: str, vector: np.ndarray, k: int, where: dict[str, Any] | None = None
     ) -> list[tuple[str, float]]:
         """Nearest items as (id, cosine similarity), best first."""
-        col = self.collection(name)
-        k = min(k, col.count())
         if k <= 0:
             return []
+        col = self.collection(name)
+        # No count() first: Chroma >= 1.0 returns fewer results when k exceeds the collection, and the
+        # count cost 73 ms of a 76 ms query at 1M items (bench retrieval).
         res = col.query(
             query_embeddings=[np.asarray(vector, dtype=np.float32)],
             n_results=k,
