@@ -143,3 +143,22 @@ def wait_until_ready(url: str, process: Any, log_path: Path, timeout: float = 12
             pass
         assert time.monotonic() < deadline, f"serve did not become ready in {timeout:.0f} s"
         time.sleep(0.2)
+
+
+def run_threads(count: int, target: Any, timeout: float = 120) -> None:  # noqa: ANN401 - Callable[[int], None]
+    """Run ``target(i)`` in ``count`` threads; fail if one hangs or raises (errors re-raised here)."""
+    errors: list[BaseException] = []
+
+    def run(worker: int) -> None:
+        try:
+            target(worker)
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "worker threads hung"
+    assert not errors, errors

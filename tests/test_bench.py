@@ -8,17 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from chatbot.cli import app
 from eval.bench import GENERIC_CONVERSATIONS, load_conversations, p95_crossing, parse_counts
 from retrieval.catalog import Catalog
+from tests.conftest import wait_until_ready
 
 
 def run_cli(*args: str) -> str:
@@ -93,16 +92,7 @@ def nolm_server(movies_small: Catalog, tmp_path: Path) -> Iterator[str]:
                                    stdout=log_file, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready in 120 s"
-            time.sleep(0.2)
+        wait_until_ready(url, process, log)
         yield url
     finally:
         process.send_signal(signal.SIGINT)

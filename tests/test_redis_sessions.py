@@ -19,7 +19,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ from chatbot.sessions import (
 )
 from chatbot.state import Message, Recommendation, SessionState
 from retrieval.errors import SessionStoreUnavailable
+from tests.conftest import run_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # recchat and chroma live next to the interpreter in the virtual environment
@@ -322,24 +322,6 @@ def _append(store: SessionStore, session_id: str, text: str) -> SessionState:
     return store.put(state)
 
 
-def _run_threads(count: int, target: Callable[[int], None]) -> None:
-    errors: list[BaseException] = []
-
-    def run(worker: int) -> None:
-        try:
-            target(worker)
-        except BaseException as exc:  # reported in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "worker threads hung"
-    assert not errors, errors
-
-
 # -- the contract, on both stores ---------------------------------------------------------------------
 
 
@@ -473,7 +455,7 @@ def test_threads_under_lock_lose_no_update(store: Any) -> None:
             with store.lock(session_id):
                 _append(store, session_id, f"{worker}-{i}")  # a conflict here would raise
 
-    _run_threads(6, work)
+    run_threads(6, work)
     final = store.get(session_id)
     assert {m.text for m in final.messages} == {f"{w}-{i}" for w in range(6) for i in range(20)}
     assert final.version == 121
@@ -496,7 +478,7 @@ def test_writers_on_separate_stores_retry_on_conflict_and_lose_nothing(backend: 
                     except SessionConflict:
                         conflicts[worker] += 1
 
-        _run_threads(len(stores), work)
+        run_threads(len(stores), work)
         final = stores[0].get(session_id)
         assert len(final.messages) == 80
         assert {m.text for m in final.messages} == {f"{w}-{i}" for w in range(4) for i in range(20)}
@@ -658,7 +640,7 @@ def test_two_chatbots_on_one_redis_share_sessions_and_turns(redis_url: str, sett
                     except SessionConflict:
                         conflicts[worker] += 1
 
-        _run_threads(2, work)
+        run_threads(2, work)
         texts = [m.text for m in two.get_session(state.id).messages if m.role == "user"]
         assert sorted(texts[1:]) == sorted(f"worker {w} turn {i}: any thriller?" for w in range(2) for i in range(4))
         one.delete_session(state.id, "ana")

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -29,6 +29,7 @@ from chatbot.sessions import (
     require_session,
 )
 from chatbot.state import Message, Recommendation, SessionState
+from tests.conftest import run_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,24 +61,6 @@ def _append_with_retry(store: SQLiteSessionStore, session_id: str, text: str) ->
             return conflicts
         except SessionConflict:
             conflicts += 1
-
-
-def _run_threads(count: int, target: Callable[[int], None]) -> None:
-    errors: list[BaseException] = []
-
-    def run(worker: int) -> None:
-        try:
-            target(worker)
-        except BaseException as exc:  # reported in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "worker threads hung"
-    assert not errors, errors
 
 
 def _child_env() -> dict[str, str]:
@@ -278,7 +261,7 @@ def test_threads_under_lock_lose_no_update(store: SQLiteSessionStore) -> None:
                 with counter_guard:
                     inside -= 1
 
-    _run_threads(8, work)
+    run_threads(8, work)
 
     final = store.get(session_id)
     assert len(final.messages) == 200
@@ -296,7 +279,7 @@ def test_threads_without_lock_retry_on_conflict(store: SQLiteSessionStore) -> No
         for i in range(25):
             conflicts.append(_append_with_retry(store, session_id, f"{worker}-{i}"))
 
-    _run_threads(8, work)
+    run_threads(8, work)
 
     final = store.get(session_id)
     assert len(final.messages) == 200
