@@ -17,7 +17,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Command modules import nothing heavy at module level, so `recchat --help` stays fast.
-    from chatbot import chat_cli, lm_serve_cli, serve_cli
+    from chatbot import chat_cli, lm_serve_cli, serve_cli, train_cli
     from eval import cli as eval_cli
     from retrieval import cli as retrieval_cli
 
@@ -25,6 +25,7 @@ def _register() -> None:
     chat_cli.register(app)
     serve_cli.register(app)
     lm_serve_cli.register(app)
+    train_cli.register(app)
     eval_cli.register(app)
 
 

@@ -422,7 +422,7 @@ class DialogueManager:
             lm_scores = self.ranker.score(lm_context, [tools.catalog[c.item_id] for c in head])
             if timings is not None:
                 timings["ranking"] = (time.perf_counter() - start) * 1000
-            fused = _zscore([c.score for c in head]) + self.lm_weight * _zscore(lm_scores)
+            fused = zscore([c.score for c in head]) + self.lm_weight * zscore(lm_scores)
             for c, s, lm in zip(head, fused, lm_scores, strict=True):
                 c.signals["lm"] = float(lm)
                 c.score = float(s)
@@ -514,7 +514,8 @@ def _positive_text(text: str) -> str:
     return " ".join(kept)
 
 
-def _zscore(values: Sequence[float]) -> np.ndarray:
+def zscore(values: Sequence[float]) -> np.ndarray:
+    """Standardised values (all zeros when they do not vary)."""
     array = np.asarray(values, dtype=np.float64)
     std = array.std()
     return (array - array.mean()) / std if std > 1e-9 else np.zeros_like(array)

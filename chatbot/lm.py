@@ -30,6 +30,7 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Where a later release ships the fine-tuned LoRA adapter; used when ``settings.adapter`` is empty.
 DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "adapter"
 _SOURCE_MARKER = "recchat-source.json"
+ADAPTER_META = "recchat.json"  # what `recchat train` writes next to the adapter: fusion weight, figures
 
 
 class LanguageModelError(RuntimeError):
@@ -102,6 +103,35 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return cache
+
+
+def configured_adapter(settings: Settings) -> Path | None:
+    """The LoRA adapter folder the settings select: a path, the shipped one (empty), or None (``none``)."""
+    setting = settings.adapter.strip()
+    if setting.lower() == "none":
+        return None
+    if not setting:
+        return DEFAULT_ADAPTER_DIR if (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file() else None
+    path = Path(setting).expanduser()
+    if not path.exists():
+        raise LanguageModelError(f"adapter not found: {path} (use adapter='none' for the base model)")
+    return path
+
+
+def lm_fusion_weight(settings: Settings, default: float = 0.5) -> float:
+    """Weight of the LM score in the ranking fusion: fitted with the adapter (its ``recchat.json``).
+
+    The base model keeps ``default``. Read without loading the model, so that a client of a remote LM
+    server uses the weight of the adapter it is configured with.
+    """
+    path = configured_adapter(settings)
+    if path is None or not (path / ADAPTER_META).is_file():
+        return default
+    try:
+        value = json.loads((path / ADAPTER_META).read_text()).get("lm_weight", default)
+        return float(value)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return default
 
 
 class LanguageModel:
@@ -186,15 +216,7 @@ class LanguageModel:
             self._model = model
 
     def _configured_adapter(self) -> Path | None:
-        setting = self.settings.adapter.strip()
-        if setting.lower() == "none":
-            return None
-        if not setting:
-            return DEFAULT_ADAPTER_DIR if (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file() else None
-        path = Path(setting).expanduser()
-        if not path.exists():
-            raise LanguageModelError(f"adapter not found: {path} (use adapter='none' for the base model)")
-        return path
+        return configured_adapter(self.settings)
 
     def load_adapter(self, path: str | Path) -> None:
         """Apply a LoRA adapter folder (as written by peft's ``save_pretrained``) to the model.
@@ -212,9 +234,13 @@ class LanguageModel:
         from peft import PeftModel
 
         if isinstance(model, PeftModel):
-            model = model.unload()  # drops the old adapter, leaving the untouched base weights
+            model.unmerge_adapter()  # restores the base weights exactly...
+            model = model.unload()  # ...and drops the old adapter's layers
         tuned = PeftModel.from_pretrained(model, str(path), is_trainable=False)
         tuned.to(self.device)
         tuned.eval()
+        # Merged into the weights, the adapter costs nothing per token (unmerged LoRA adds two small
+        # matrix products to every adapted layer, which shows on a CPU).
+        tuned.merge_adapter()
         self.adapter_path = str(path)
         return tuned

@@ -97,7 +97,11 @@ class Chatbot:
                 return remote.justifier(checker, template)
             return LMJustifier(self.lm, checker, template)
 
+        from chatbot.lm import lm_fusion_weight
+
+        lm_weight = lm_fusion_weight(self.settings) if self.use_lm else 0.0
         return DialogueManager(self.library, ranker, justifier_factory, rerank=self.settings.rank_candidates,
+                               lm_weight=lm_weight,
                                max_message_chars=self.settings.max_message_chars)
 
     def close(self) -> None:

@@ -83,6 +83,8 @@ def evaluate_justifications(
     catalog: Annotated[str | None, typer.Option(help="Catalog name (default from settings).")] = None,
     justifier: Annotated[JustifierName, typer.Option(help="Which justifier.")] = JustifierName.lm,
     limit: Annotated[int | None, typer.Option(min=1, help="First N cases only.")] = None,
+    heldout_only: Annotated[bool, typer.Option(
+        "--heldout-only", help="Only the dialogs `recchat train` holds out (compare a fine-tuned LM fairly).")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
     """Justification quality on E-ReDial: BLEU-2, ROUGE-L, Distinct-2, unsupported claims, personal share."""
@@ -100,6 +102,10 @@ def evaluate_justifications(
     except CatalogError as exc:
         raise fail(str(exc)) from None
     cases, skipped = read_e_redial(dialogs)
+    if heldout_only:
+        from chatbot.finetune import TrainConfig, heldout
+
+        cases = [c for c in cases if heldout(c.dialog_id, TrainConfig().heldout_fraction)]
     if limit is not None:
         cases = cases[:limit]
     chosen = tools.justifier if use_lm else TemplateJustifier()

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from chatbot.dialogue import DialogueManager
 from chatbot.state import SessionState
 from eval.metrics import MetricAccumulator, percentile, rank_of
-from retrieval.candidates import CandidateGenerator
+from retrieval.candidates import CandidateGenerator, Preferences
 from retrieval.catalog import Catalog
 from retrieval.dialogs import Dialog, Sample, Turn, iter_samples
 from retrieval.fusion import preferences_for
@@ -78,7 +78,12 @@ class FullRecommender:
         self._state: SessionState | None = None
         self._replayed = 0
 
-    def rank(self, context: list[Turn], k: int) -> list[str]:
+    def inputs(self, context: list[Turn]) -> tuple[Preferences, str]:
+        """The candidate generator's preferences and the LM ranker's context after replaying ``context``.
+
+        Shared with fine-tuning (`chatbot.finetune`), so that the LM is trained on exactly the inputs
+        it sees here and in the service.
+        """
         tools = self.dialogue.tools(self.catalog)
         key = tuple(id(t) for t in context[: self._replayed])
         if self._state is None or key != self._dialog_key or len(context) < self._replayed:
@@ -98,8 +103,11 @@ class FullRecommender:
         self._dialog_key = tuple(id(t) for t in context)
         prefs = self.dialogue.preferences(state)
         prefs.exclude = list(dict.fromkeys(prefs.exclude + state.liked))
-        lm_context = self.dialogue.lm_context(state, tools.catalog) if self.use_lm else ""
-        return [c.item_id for c in self.dialogue.rank(prefs, lm_context, self.catalog, k)]
+        return prefs, self.dialogue.lm_context(state, tools.catalog)
+
+    def rank(self, context: list[Turn], k: int) -> list[str]:
+        prefs, lm_context = self.inputs(context)
+        return [c.item_id for c in self.dialogue.rank(prefs, lm_context if self.use_lm else "", self.catalog, k)]
 
 
 @dataclass

@@ -187,6 +187,10 @@ class Library:
             self._generators[catalog.name] = cached
         return cached
 
+    def set_generator(self, name: str, generator: CandidateGenerator) -> None:
+        """Use ``generator`` for a catalog from now on (e.g. one whose priors leave out held-out dialogs)."""
+        self._generators[self.catalog(name).name] = generator
+
     def linker(self, name: str | None = None) -> EntityLinker:
         """An `EntityLinker` over a named catalog, popularity from its priors (cached per catalog)."""
         catalog = self.catalog(name)
