@@ -417,7 +417,9 @@ class DialogueManager:
         if timings is not None:
             timings["retrieval"] = (time.perf_counter() - start) * 1000
         head = candidates[: self.rerank]
-        if self.ranker is not None and len(head) > 1 and lm_context.strip():
+        # A fusion weight of zero (what fitting chose when the LM score did not help on held-out dialogs)
+        # makes the LM pass pointless: it is skipped, saving its time.
+        if self.ranker is not None and self.lm_weight > 0 and len(head) > 1 and lm_context.strip():
             start = time.perf_counter()
             lm_scores = self.ranker.score(lm_context, [tools.catalog[c.item_id] for c in head])
             if timings is not None:

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatbot.lm import ADAPTER_META
-from retrieval.dialogs import Dialog, iter_samples, read_dialogs
+from retrieval.dialogs import Dialog, Sample, iter_samples, read_dialogs
 
 if TYPE_CHECKING:
     import torch
 
     from chatbot.dialogue import DialogueManager
     from chatbot.lm import LanguageModel
+    from retrieval.catalog import Catalog
     from retrieval.index import Library
 
 TRAINING_DIALOGS = "training_dialogs.txt"
@@ -223,6 +224,15 @@ def use_priors_without(library: Library, data: Dataset) -> None:
         library.set_generator(catalog_name, CandidateGenerator(catalog, library.store, library.embedder, fresh))
 
 
+def new_item_turns(dialog: Dialog, catalog: Catalog) -> list[list[Sample]]:
+    """The evaluation samples of each recommender turn that names new catalog items, turn by turn."""
+    turns: dict[int, list[Sample]] = {}
+    for sample in iter_samples([dialog]):
+        if sample.is_new and sample.target in catalog:
+            turns.setdefault(len(sample.context), []).append(sample)
+    return list(turns.values())
+
+
 def ranking_examples(dialogue: DialogueManager, source: str, catalog: str, dialogs: Iterable[Dialog],
                      config: TrainConfig, rng: random.Random) -> Iterator[RankingExample]:
     """One example per new item recommended in a dialog, with the retrieval stage's hard negatives."""
@@ -232,11 +242,7 @@ def ranking_examples(dialogue: DialogueManager, source: str, catalog: str, dialo
     tools = dialogue.tools(catalog)
     ids = tools.catalog.ids
     for dialog in dialogs:
-        turns: dict[int, list] = {}
-        for sample in iter_samples([dialog]):
-            if sample.is_new and sample.target in tools.catalog:
-                turns.setdefault(len(sample.context), []).append(sample)
-        for samples in turns.values():
+        for samples in new_item_turns(dialog, tools.catalog):
             prefs, context = replay.inputs(samples[0].context)
             if not context.strip():
                 continue  # the service ranks with the LM only when there is something to condition on
@@ -579,11 +585,7 @@ def score_heldout(dialogue: DialogueManager, catalog: str, dialogs: Iterable[Dia
     turns: list[HeldoutTurn] = []
     bar = _progress(max_turns, f"held-out turns ({catalog})", progress)
     for dialog in dialogs:
-        grouped: dict[int, list] = {}
-        for sample in iter_samples([dialog]):
-            if sample.is_new and sample.target in tools.catalog:
-                grouped.setdefault(len(sample.context), []).append(sample)
-        for samples in grouped.values():
+        for samples in new_item_turns(dialog, tools.catalog):
             if len(turns) >= max_turns:
                 bar.close()
                 return turns
@@ -732,8 +734,9 @@ def model_card(result: dict[str, Any]) -> str:
     config, data = result["config"], result["data"]
     lines = [
         "# recchat LoRA adapter (ranking and justification)", "",
-        f"Base model: `{result['base_model']}`. Written by `recchat train` (`chatbot/finetune.py`); the service "
-        "loads it by default, `RECCHAT_ADAPTER=none` runs the base model.", "",
+        f"Base model: `{result['base_model']}`. Written by `recchat train` (`chatbot/finetune.py`). Use it with "
+        "`RECCHAT_ADAPTER=<this folder>`; a copy in `chatbot/adapter/` is the service's default, and "
+        "`RECCHAT_ADAPTER=none` runs the base model.", "",
         "## Data", "",
         f"- Ranking examples: {data['ranking_examples']} ({data['distinct_ranking']} distinct), from "
         + ", ".join(f"{k}: {v} training dialogs" for k, v in data["training_dialogs"].items())
@@ -765,4 +768,9 @@ def model_card(result: dict[str, Any]) -> str:
                          f"{f['fine_tuned']['recall@10']} | "
                          f"{base.get('recall@1', '-')} | {base.get('recall@10', '-')} |")
         lines += ["", "(New items only, ranked within the retrieval head; the base LM with its own best weight.)"]
+        grid = result["heldout"].get("fit", {}).get("grid", {})
+        if grid:
+            lines += ["", "Pooled held-out Recall@10 (R@1) of the fine-tuned LM by fusion weight: "
+                      + ", ".join(f"{w}: {m['recall@10']} ({m['recall@1']})" for w, m in grid.items()
+                                  if float(w) in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)) + "."]
     return "\n".join(lines) + "\n"

@@ -73,20 +73,17 @@ def test_test_split_dialogs_are_refused(library, movies_small, tmp_path: Path) -
 
 
 def test_no_test_split_conversation_reaches_the_training_data() -> None:
-    """The default sources, and the dialogs the shipped adapter was trained on, avoid the test split."""
-    from chatbot.finetune import TRAINING_DIALOGS, default_sources, forbidden_ids
-    from chatbot.lm import DEFAULT_ADAPTER_DIR
+    """The default training sources hold no conversation of the ReDial official test split."""
+    from chatbot.finetune import default_sources, forbidden_ids
 
     test_ids = forbidden_ids([shared_or_skip("redial/official/test_data.jsonl")])
     assert len(test_ids) == 1342
     sources = default_sources(SHARED)
     training_files = [p for s in sources if s.split != "heldout" for p in s.paths if s.fmt == "redial"]
-    assert training_files and all("official" not in str(p) for p in training_files)
-    assert not forbidden_ids(training_files) & test_ids
-    shipped = (DEFAULT_ADAPTER_DIR / TRAINING_DIALOGS).read_text().split()
-    assert len(shipped) > 500
-    shipped_ids = {line.split(":", 1)[1] for line in shipped}
-    assert not shipped_ids & test_ids
+    assert len(training_files) == 4 and all("official" not in str(p) for p in training_files)
+    training_ids = forbidden_ids(training_files)
+    assert len(training_ids) == 2270  # the de-duplicated union of the train-split files
+    assert not training_ids & test_ids
 
 
 def _recchat(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -94,8 +91,9 @@ def _recchat(*args: str, env: dict[str, str], timeout: float = 600) -> subproces
                           timeout=timeout, cwd=Path(__file__).resolve().parents[1])
 
 
-def test_recchat_train_runs_resumes_and_ships_a_usable_adapter(products, converted_lm, tmp_path: Path) -> None:
-    """`recchat train --steps 20` on a tiny slice: the real code path, small; a re-run resumes."""
+def test_recchat_train_runs_resumes_and_writes_a_usable_adapter(products, converted_lm, tmp_path: Path) -> None:
+    """`recchat train --steps 20` on a tiny slice: the real code path, small; a re-run resumes; the adapter
+    it writes loads through the settings, changes the LM's scores, and brings its fitted fusion weight."""
     lines = (DATA / "shop_dialogs.jsonl").read_text().splitlines()
     train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
     train.write_text("\n".join(lines[:3]) + "\n")
@@ -131,24 +129,14 @@ def test_recchat_train_runs_resumes_and_ships_a_usable_adapter(products, convert
 
     assert lm_fusion_weight(Settings(adapter=str(out))) == meta["lm_weight"]
     assert lm_fusion_weight(Settings(adapter="none")) == 0.5
-
-
-def test_shipped_adapter_loads_by_default_and_changes_scores(settings, converted_lm, movies_small) -> None:
-    from chatbot.lm import DEFAULT_ADAPTER_DIR, LanguageModel, lm_fusion_weight
+    from chatbot.lm import LanguageModel
     from chatbot.ranking import LMRanker
+    from retrieval.catalog import load_catalog
 
-    assert (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
-    size = (DEFAULT_ADAPTER_DIR / "adapter_model.safetensors").stat().st_size
-    assert size < 40 * 2**20
-    base_settings = settings.model_copy(update={"lm_model": str(converted_lm)})
-    tuned = LanguageModel(base_settings)
-    base = LanguageModel(base_settings.model_copy(update={"adapter": "none"}))
-    items = [movies_small[i] for i in movies_small.ids[:10]]
-    context = "I like Heat and Ronin. A tense crime thriller please"
-    tuned_scores = LMRanker(tuned).score(context, items)
-    base_scores = LMRanker(base).score(context, items)
-    assert tuned.adapter_path == str(DEFAULT_ADAPTER_DIR)
-    assert base.adapter_path is None
-    assert max(abs(a - b) for a, b in zip(tuned_scores, base_scores, strict=True)) > 1e-2
-    meta = json.loads((DEFAULT_ADAPTER_DIR / "recchat.json").read_text())
-    assert lm_fusion_weight(base_settings) == meta["lm_weight"]
+    items = load_catalog(DATA / "products.csv", "products").items[:6]
+    base_settings = Settings(lm_model=str(converted_lm), adapter="none")
+    tuned = LanguageModel(base_settings.model_copy(update={"adapter": str(out)}))
+    tuned_scores = LMRanker(tuned).score("a tough phone for the building site", items)
+    base_scores = LMRanker(LanguageModel(base_settings)).score("a tough phone for the building site", items)
+    assert tuned.adapter_path == str(out)
+    assert max(abs(a - b) for a, b in zip(tuned_scores, base_scores, strict=True)) > 1e-4

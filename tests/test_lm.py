@@ -76,7 +76,7 @@ def test_lora_adapter_is_loaded_and_used_by_the_ranker(lm: LanguageModel, tmp_pa
     from peft import LoraConfig, get_peft_model
 
     # A LoRA adapter with non-zero weights (peft's default init would be a no-op).
-    base = LanguageModel(lm.settings)
+    base = LanguageModel(lm.settings.model_copy(update={"adapter": "none"}))
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(base.model, config).save_pretrained(tmp_path / "adapter")
 
