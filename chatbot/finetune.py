@@ -261,8 +261,7 @@ def ranking_examples(dialogue: DialogueManager, source: str, catalog: str, dialo
 def justification_examples(dialogue: DialogueManager, path: Path, catalog: str, forbidden: set[str],
                            heldout_fraction: float, split: str = "train") -> list[JustificationExample]:
     """E-ReDial explanations (``split`` train or heldout by the dialog-id hash), as the justifier sees them."""
-    from chatbot.state import SessionState
-    from eval.justification import read_e_redial
+    from eval.justification import case_likes, read_e_redial
 
     cases, _ = read_e_redial(path)
     tools = dialogue.tools(catalog)
@@ -276,11 +275,8 @@ def justification_examples(dialogue: DialogueManager, path: Path, catalog: str, 
         item_id = linker.resolve_title(case.item_title)
         if item_id is None:
             continue
-        state = SessionState(catalog=tools.catalog.name)
-        for turn in case.user_turns:
-            dialogue.apply(state, tools.interpreter.interpret(turn, False), tools)
         out.append(JustificationExample("e_redial", case.dialog_id, catalog, item_id, " ".join(case.user_turns),
-                                        dialogue.user_likes(state, tools.catalog), case.reference))
+                                        case_likes(dialogue, tools, case), case.reference))
     return out
 
 
@@ -453,19 +449,17 @@ def _seed_everything(seed: int) -> None:
 
 
 def _save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, step: int) -> None:  # noqa: ANN401
+    import shutil
+
     import torch
 
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     os.replace(tmp, folder)  # a killed process leaves either the old checkpoint or the new one
 

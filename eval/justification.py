@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatbot.dialogue import DialogueManager
+from chatbot.dialogue import CatalogTools, DialogueManager
 from chatbot.justify import JustificationRequest, Justifier
 from chatbot.state import SessionState
 from eval.metrics import percentile
@@ -71,6 +71,14 @@ def read_e_redial(path: Path) -> tuple[list[JustificationCase], int]:
     return cases, skipped
 
 
+def case_likes(dialogue: DialogueManager, tools: CatalogTools, case: JustificationCase) -> list[str]:
+    """What the user likes after the case's user turns, as the dialogue manager reads them."""
+    state = SessionState(catalog=tools.catalog.name)
+    for turn in case.user_turns:
+        dialogue.apply(state, tools.interpreter.interpret(turn, False), tools)
+    return dialogue.user_likes(state, tools.catalog)
+
+
 def evaluate_justifier(
     justifier: Justifier, name: str, dialogue: DialogueManager, catalog: str, cases: list[JustificationCase],
     skipped: int, dataset: str, progress: bool = True,
@@ -94,10 +102,7 @@ def evaluate_justifier(
             skipped += 1
             continue
         item = tools.catalog[item_id]
-        state = SessionState(catalog=tools.catalog.name)
-        for turn in case.user_turns:
-            dialogue.apply(state, tools.interpreter.interpret(turn, False), tools)
-        likes = dialogue.user_likes(state, tools.catalog)
+        likes = case_likes(dialogue, tools, case)
         user_text = " ".join(case.user_turns)
         start = time.perf_counter()
         text = justifier.justify(JustificationRequest(item=item, user_text=user_text, user_likes=likes))
