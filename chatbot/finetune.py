@@ -218,7 +218,7 @@ def use_priors_without(library: Library, data: Dataset) -> None:
         if base is None:
             continue
         fresh = InteractionPriors.from_dialogs(dialogs, source="training dialogs only")
-        fresh.neighbours, fresh.weights = base.neighbours, base.weights
+        fresh.neighbours, fresh.weights, fresh.scorer = base.neighbours, base.weights, base.scorer
         fresh.projection, fresh.projection_bias = base.projection, base.projection_bias
         catalog = library.catalog(catalog_name)
         library.set_generator(catalog_name, CandidateGenerator(catalog, library.store, library.embedder, fresh))

@@ -37,6 +37,52 @@ DEFAULT_WEIGHTS = {
 }
 
 
+# Count-like signals: their scale grows with the number of liked items, so the learned scorer reads log1p.
+COUNT_FEATURES = ("cooc", "follow", "neighbours")
+
+
+@dataclass
+class LearnedFusion:
+    """A small MLP over the signals (one tanh layer), fitted listwise on training conversations.
+
+    A linear fusion cannot express interactions such as "co-occurrence matters more for unpopular items";
+    this one can, at the cost of a (pool x 12) @ (12 x hidden) product per request.
+    """
+
+    features: list[str]
+    mean: list[float]
+    std: list[float]
+    w1: list[list[float]]
+    b1: list[float]
+    w2: list[float]
+    b2: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> LearnedFusion | None:
+        """The scorer stored in priors, or None when absent or fitted for another feature set."""
+        if not data or list(data.get("features", [])) != list(FEATURES):
+            return None
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @staticmethod
+    def prepare(features: np.ndarray) -> np.ndarray:
+        """The scorer's input view of a raw feature matrix (counts on a log scale)."""
+        out = features.astype(np.float32, copy=True)
+        for name in COUNT_FEATURES:
+            n = FEATURES.index(name)
+            out[:, n] = np.log1p(np.maximum(out[:, n], 0.0))
+        return out
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """One score per row of a raw (n, len(FEATURES)) feature matrix."""
+        x = (self.prepare(features) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        hidden = np.tanh(x @ np.asarray(self.w1, np.float32).T + np.asarray(self.b1, np.float32))
+        return hidden @ np.asarray(self.w2, np.float32) + np.float32(self.b2)
+
+
 class Constraints(BaseModel):
     """Hard filters. Field names are catalog fields; string values are compared case-insensitively."""
 
@@ -161,6 +207,8 @@ class CandidateGenerator:
         pops = self.priors.popularity
         self._popular = sorted(pops, key=lambda i: -pops[i])[:200]
         self._projection: tuple[np.ndarray, np.ndarray] | None = None
+        # Explicit weights (a caller's choice) win over the learned scorer.
+        self.learned = None if weights else LearnedFusion.from_dict(self.priors.scorer)
         if self.priors.projection:
             self._projection = (np.asarray(self.priors.projection, dtype=np.float32),
                                 np.asarray(self.priors.projection_bias or [0.0] * len(self.priors.projection),
@@ -207,14 +255,20 @@ class CandidateGenerator:
         if not pool:
             return []
         features = self.features(pool, prefs, query, recent)
-        w = np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float32)
-        scores = features @ w
+        scores = self.fuse(features)
         order = np.argsort(-scores, kind="stable")[:k]
         return [
             Candidate(pool[i], self.catalog[pool[i]].title, float(scores[i]),
                       dict(zip(FEATURES, features[i].tolist(), strict=True)))
             for i in order
         ]
+
+    def fuse(self, features: np.ndarray) -> np.ndarray:
+        """Fused scores for a feature matrix: the learned scorer when fitted, else the linear weights."""
+        if self.learned is not None:
+            return self.learned.score(features)
+        w = np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float32)
+        return features @ w
 
     def _pool(self, prefs: Preferences, k: int) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
         matrix = self.matrix

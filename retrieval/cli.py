@@ -92,8 +92,11 @@ def index(
         priors.weights = fitted.weights
         priors.projection = fitted.projection.round(5).tolist()
         priors.projection_bias = fitted.projection_bias.round(5).tolist()
+        priors.scorer = fitted.scorer
         priors.save(library.priors_path(loaded.name))
         typer.echo(f"fusion weights: {priors.weights}")
+        if fitted.report:
+            typer.echo(f"held-out recall (linear vs learned fusion): {fitted.report}", err=True)
     typer.echo(
         f"catalog {stats.catalog!r}: {stats.items} items; embedded {stats.embedded}, unchanged "
         f"{stats.unchanged}, removed {stats.removed} in {stats.seconds:.1f} s"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from retrieval.candidates import FEATURES, CandidateGenerator, Preferences
+from retrieval.candidates import FEATURES, CandidateGenerator, LearnedFusion, Preferences
 from retrieval.catalog import Catalog
 from retrieval.dialogs import Dialog, context_text, iter_samples
 from retrieval.embedding import Embedder
@@ -64,11 +66,17 @@ def fit_projection(
 
 @dataclass
 class FittedRetrieval:
-    """What `fit_retrieval` learns: fusion weights and the query projection."""
+    """What `fit_retrieval` learns: fusion weights, the learned scorer and the query projection.
+
+    ``report`` holds recall on held-out training dialogs for the linear and the learned fusion, so the
+    choice between them is measured, not assumed.
+    """
 
     weights: dict[str, float]
     projection: np.ndarray
     projection_bias: np.ndarray
+    scorer: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def fit_retrieval(
@@ -79,29 +87,38 @@ def fit_retrieval(
     neighbours: dict[str, dict[str, float]] | None = None,
     pool_k: int = 200,
     epochs: int = 300,
+    folds: int = 5,
+    hidden: int = 16,
     seed: int = 0,
     progress: bool = True,
 ) -> FittedRetrieval:
-    """Learn the query projection and the linear fusion weights on training conversations.
+    """Learn the query projection, the linear fusion weights and the learned scorer on training dialogs.
 
-    One fifth of the dialogs is held out: the projection and the co-occurrence counts used for its samples
-    come from the other four fifths, so the fusion weights see every signal as it behaves on unseen
-    conversations. The final projection is then trained on all dialogs.
+    Cross-fitting: for each of ``folds`` folds of dialogs, the projection and the co-occurrence counts come
+    from the other folds, so every sample's signals behave as they would on an unseen conversation. The
+    fusion is fitted on these out-of-fold samples; the last fold is first kept aside to measure the linear
+    and the learned fusion (``report``), then both are refitted on every fold. The final projection is
+    trained on all dialogs.
     """
     rng = random.Random(seed)
     order = list(dialogs)
     rng.shuffle(order)
+    folds = max(2, min(folds, len(order)))
+    fold_of = {d.id: n % folds for n, d in enumerate(order)}
     samples = [s for s in iter_samples(order) if s.is_new and s.target in catalog]
+    if not samples:
+        raise ValueError("no training samples: no assistant turn mentions a catalog item")
     prefs_list = [preferences_for(s.context, catalog) for s in samples]
     texts = [p.text or " " for p in prefs_list] + [p.recent or " " for p in prefs_list]
     vectors = embedder.encode(texts, progress=progress)
     n = len(samples)
+    d = vectors.shape[1]
     queries = np.concatenate([vectors[:n], vectors[n:]], axis=1)
     for i, prefs in enumerate(prefs_list):
         if not prefs.text.strip():
-            queries[i, : vectors.shape[1]] = vectors[n + i]
+            queries[i, :d] = vectors[n + i]
         if not prefs.recent.strip():
-            queries[i, vectors.shape[1]:] = queries[i, : vectors.shape[1]]
+            queries[i, d:] = queries[i, :d]
     generator = CandidateGenerator(catalog, store, embedder)
     matrix = generator.matrix
     row = generator.row_of
@@ -110,28 +127,96 @@ def fit_retrieval(
     for i, prefs in enumerate(prefs_list):
         masks[i, [row[x] for x in prefs.liked if x in row]] = True
 
-    held_ids = {d.id for d in order[0::5]}
-    train_idx = [i for i, s in enumerate(samples) if s.dialog_id not in held_ids]
-    held_idx = [i for i, s in enumerate(samples) if s.dialog_id in held_ids]
-    weight, bias = fit_projection(queries[train_idx], [targets[i] for i in train_idx], masks[train_idx], matrix)
-    priors = InteractionPriors.from_dialogs(d for d in order if d.id not in held_ids)
-    priors.neighbours = neighbours or {}
-    priors.projection, priors.projection_bias = weight.tolist(), bias.tolist()
-    generator = CandidateGenerator(catalog, store, embedder, priors)
-    groups: list[tuple[np.ndarray, int]] = []
-    d = vectors.shape[1]
-    for i in held_idx:
-        prefs = prefs_list[i]
-        prefs.vector = queries[i, :d].tolist()
-        prefs.recent_vector = queries[i, d:].tolist()
-        pool, query, recent = generator._pool(prefs, pool_k)
-        if samples[i].target in pool:
-            groups.append((generator.features(pool, prefs, query, recent), pool.index(samples[i].target)))
+    groups: list[tuple[np.ndarray, int, int]] = []  # (features of the pool, target position, fold)
+    fold_iter: Any = range(folds)
+    if progress:
+        from tqdm import tqdm
+
+        fold_iter = tqdm(fold_iter, desc="cross-fitting folds", unit="fold", file=sys.stderr)
+    for fold in fold_iter:
+        train_idx = [i for i, s in enumerate(samples) if fold_of[s.dialog_id] != fold]
+        held_idx = [i for i, s in enumerate(samples) if fold_of[s.dialog_id] == fold]
+        if not train_idx or not held_idx:
+            continue
+        weight, bias = fit_projection(queries[train_idx], [targets[i] for i in train_idx], masks[train_idx], matrix)
+        priors = InteractionPriors.from_dialogs(x for x in order if fold_of[x.id] != fold)
+        priors.neighbours = neighbours or {}
+        priors.projection, priors.projection_bias = weight.tolist(), bias.tolist()
+        generator = CandidateGenerator(catalog, store, embedder, priors)
+        for i in held_idx:
+            prefs = prefs_list[i]
+            prefs.vector = queries[i, :d].tolist()
+            prefs.recent_vector = queries[i, d:].tolist()
+            pool, query, recent = generator._pool(prefs, pool_k)
+            if samples[i].target in pool:
+                groups.append((generator.features(pool, prefs, query, recent), pool.index(samples[i].target), fold))
     if not groups:
         raise ValueError("no training samples with the target in the candidate pool")
-    weights = _fit_linear(groups, epochs, seed)
+    report: dict[str, Any] = {"samples": n, "in_pool": len(groups), "folds": folds}
+    last = folds - 1
+    fit_part = [(f, t) for f, t, fold in groups if fold != last]
+    check = [(f, t) for f, t, fold in groups if fold == last]
+    if fit_part and check:
+        held = sum(1 for s in samples if fold_of[s.dialog_id] == last)
+        linear = _fit_linear(fit_part, epochs, seed)
+        lin_scores = [f @ np.array([linear[k] for k in FEATURES], dtype=np.float32) for f, _ in check]
+        learned = LearnedFusion(**_fit_mlp(fit_part, hidden, epochs, seed))
+        report["heldout_samples"] = held
+        report["linear"] = _recalls(lin_scores, check, held)
+        report["learned"] = _recalls([learned.score(f) for f, _ in check], check, held)
+    pairs = [(f, t) for f, t, _ in groups]
+    weights = _fit_linear(pairs, epochs, seed)
+    scorer = _fit_mlp(pairs, hidden, epochs, seed)
     final_weight, final_bias = fit_projection(queries, targets, masks, matrix)
-    return FittedRetrieval(weights, final_weight, final_bias)
+    return FittedRetrieval(weights, final_weight, final_bias, scorer, report)
+
+
+def _recalls(scores: list[np.ndarray], groups: list[tuple[np.ndarray, int]], samples: int) -> dict[str, float]:
+    """Recall@k over held-out samples (those whose target missed the pool count as misses)."""
+    ranks = [int((s > s[t]).sum()) + 1 for s, (_, t) in zip(scores, groups, strict=True)]
+    return {f"recall@{k}": round(sum(r <= k for r in ranks) / samples, 4) for k in (1, 10, 50, 100)}
+
+
+def _padded(groups: list[tuple[np.ndarray, int]]) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(f) for f, _ in groups)
+    feats = torch.zeros(len(groups), width, len(FEATURES))
+    mask = torch.full((len(groups), width), float("-inf"))
+    for n, (f, _) in enumerate(groups):
+        feats[n, : len(f)] = torch.from_numpy(f)
+        mask[n, : len(f)] = 0.0
+    return feats, mask, torch.tensor([t for _, t in groups])
+
+
+def _fit_mlp(groups: list[tuple[np.ndarray, int]], hidden: int, epochs: int, seed: int) -> dict[str, Any]:
+    """Fit a `LearnedFusion` (listwise softmax over each sample's pool); returns its dict form."""
+    import torch
+
+    torch.manual_seed(seed)
+    prepared = [(LearnedFusion.prepare(f), t) for f, t in groups]
+    stacked = np.concatenate([f for f, _ in prepared])
+    mean = stacked.mean(axis=0)
+    std = stacked.std(axis=0) + 1e-6
+    feats, mask, targets = _padded([((f - mean) / std, t) for f, t in prepared])
+    model = torch.nn.Sequential(torch.nn.Linear(len(FEATURES), hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    batch = 1024
+    for _ in range(epochs):
+        for start in range(0, len(targets), batch):
+            sl = slice(start, start + batch)
+            opt.zero_grad()
+            logits = model(feats[sl]).squeeze(-1) + mask[sl]
+            torch.nn.functional.cross_entropy(logits, targets[sl]).backward()
+            opt.step()
+    first, second = model[0], model[2]
+
+    def rounded(t: Any) -> Any:
+        return np.round(t.detach().numpy().astype(np.float64), 6).tolist()
+
+    return {"features": list(FEATURES), "mean": np.round(mean, 6).tolist(), "std": np.round(std, 6).tolist(),
+            "w1": rounded(first.weight), "b1": rounded(first.bias), "w2": rounded(second.weight[0]),
+            "b2": float(second.bias.item())}
 
 
 def _fit_linear(groups: list[tuple[np.ndarray, int]], epochs: int, seed: int) -> dict[str, float]:
@@ -139,13 +224,7 @@ def _fit_linear(groups: list[tuple[np.ndarray, int]], epochs: int, seed: int) ->
     import torch
 
     torch.manual_seed(seed)
-    width = max(len(f) for f, _ in groups)
-    feats = torch.zeros(len(groups), width, len(FEATURES))
-    mask = torch.full((len(groups), width), float("-inf"))
-    for n, (f, _) in enumerate(groups):
-        feats[n, : len(f)] = torch.from_numpy(f)
-        mask[n, : len(f)] = 0.0
-    targets = torch.tensor([t for _, t in groups])
+    feats, mask, targets = _padded(groups)
     w = torch.zeros(len(FEATURES), requires_grad=True)
     opt = torch.optim.Adam([w], lr=0.05)
     for _ in range(epochs):

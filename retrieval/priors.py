@@ -19,8 +19,8 @@ class InteractionPriors:
 
     ``cooc[a][b]``: dialogs mentioning both a and b. ``follow[a][b]``: dialogs where a was mentioned before
     the assistant mentioned b (the "context item -> recommended item" transition). ``neighbours`` holds any
-    external item-item similarity (e.g. collaborative filtering on ratings). ``weights`` are the fusion
-    weights fitted on training conversations.
+    external item-item similarity (e.g. collaborative filtering on ratings). ``weights`` are the linear fusion
+    weights and ``scorer`` the learned (MLP) fusion, both fitted on training conversations.
     """
 
     dialogs: int = 0
@@ -32,6 +32,7 @@ class InteractionPriors:
     weights: dict[str, float] = field(default_factory=dict)
     projection: list[list[float]] = field(default_factory=list)
     projection_bias: list[float] = field(default_factory=list)
+    scorer: dict = field(default_factory=dict)  # a LearnedFusion, as a dict
     source: str = ""
 
     @classmethod

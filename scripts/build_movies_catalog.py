@@ -140,7 +140,9 @@ def main() -> None:
         priors.weights = fitted.weights
         priors.projection = fitted.projection.round(5).tolist()
         priors.projection_bias = fitted.projection_bias.round(5).tolist()
+        priors.scorer = fitted.scorer
         print(f"fusion weights: {priors.weights}", file=sys.stderr)
+        print(f"held-out recall (linear vs learned fusion): {fitted.report}", file=sys.stderr)
     priors.save(args.out / "movies.priors.json.gz")
 
 
