@@ -1,0 +1,69 @@
+"""Full-without-lm variants vs retrieval on the held-out ReDial *training* dialogs (stop 13 diagnosis).
+
+The slice is the one `recchat train` holds out (stable hash, 10%); popularity and co-occurrence are
+recounted without it. Run from the repository root with a data dir that has the `movies` index:
+``RECCHAT_DATA_DIR=... python reports/parity_heldout/parity.py retrieval full full-ctx-novec ...``
+Mode words: ctx (retrieval's text), novec (no preference vector), nocons (attribute includes dropped),
+nodis (every mentioned item liked, none disliked), noexcl (no exclusions beyond liked).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from chatbot.dialogue import DialogueManager
+from chatbot.finetune import heldout
+from chatbot.justify import TemplateJustifier
+from eval.recommend import FullRecommender, RetrievalRecommender, evaluate_recommender
+from retrieval.candidates import CandidateGenerator, Constraints, Preferences
+from retrieval.dialogs import Turn, context_text
+from retrieval.fusion import preferences_for
+from retrieval.index import Library
+from retrieval.priors import InteractionPriors
+from retrieval.settings import get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    spec = importlib.util.spec_from_file_location("build", ROOT / "scripts" / "build_movies_catalog.py")
+    build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(build)  # type: ignore[union-attr]
+    library = Library(get_settings(), log=lambda m: None)
+    catalog = library.catalog("movies")
+    dialogs = build.train_dialogs(ROOT.parent / "shared" / "datasets", catalog)
+    held = [d for d in dialogs if heldout(d.id, 0.1)]
+    base = library.priors("movies")
+    fresh = InteractionPriors.from_dialogs([d for d in dialogs if not heldout(d.id, 0.1)])
+    fresh.neighbours, fresh.weights, fresh.scorer = base.neighbours, base.weights, base.scorer
+    fresh.projection, fresh.projection_bias = base.projection, base.projection_bias
+    library.set_generator("movies", CandidateGenerator(catalog, library.store, library.embedder, fresh))
+    print(len(held), "held-out dialogs", flush=True)
+    dialogue = DialogueManager(library, None, lambda c, ch: TemplateJustifier())
+    original = FullRecommender.inputs
+    for mode in sys.argv[1:]:
+        def inputs(self: FullRecommender, context: list[Turn], mode: str = mode) -> tuple[Preferences, str]:
+            prefs, lm_context = original(self, context)
+            if "nocons" in mode:
+                prefs.constraints = Constraints(exclude=prefs.constraints.exclude, ranges=prefs.constraints.ranges)
+            if "ctx" in mode:
+                prefs.text, prefs.recent = context_text(context)
+            if "novec" in mode:
+                prefs.vector = None
+            if "nodis" in mode:
+                prefs.liked, prefs.disliked = preferences_for(context, catalog).liked, []
+            if "noexcl" in mode:
+                prefs.exclude = []
+            return prefs, lm_context
+
+        FullRecommender.inputs = inputs  # type: ignore[method-assign]
+        recommender = (RetrievalRecommender(library.generator("movies")) if mode == "retrieval"
+                       else FullRecommender(dialogue, "movies", use_lm=False))
+        report = evaluate_recommender(recommender, held, "held", progress=False)
+        print(mode, {k: round(v, 4) for k, v in report.metrics["new_items"].items()}, flush=True)
+
+
+if __name__ == "__main__":
+    main()
