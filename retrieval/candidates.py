@@ -64,8 +64,13 @@ class LearnedFusion:
             return None
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def __post_init__(self) -> None:
+        # Converted once: `score` runs on every request.
+        self._mean = np.asarray(self.mean, np.float32)
+        self._std = np.asarray(self.std, np.float32)
+        self._w1 = np.asarray(self.w1, np.float32).T
+        self._b1 = np.asarray(self.b1, np.float32)
+        self._w2 = np.asarray(self.w2, np.float32)
 
     @staticmethod
     def prepare(features: np.ndarray) -> np.ndarray:
@@ -78,9 +83,8 @@ class LearnedFusion:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """One score per row of a raw (n, len(FEATURES)) feature matrix."""
-        x = (self.prepare(features) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        hidden = np.tanh(x @ np.asarray(self.w1, np.float32).T + np.asarray(self.b1, np.float32))
-        return hidden @ np.asarray(self.w2, np.float32) + np.float32(self.b2)
+        x = (self.prepare(features) - self._mean) / self._std
+        return np.tanh(x @ self._w1 + self._b1) @ self._w2 + np.float32(self.b2)
 
 
 class Constraints(BaseModel):
