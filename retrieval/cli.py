@@ -89,10 +89,7 @@ def index(
 
         typer.echo(f"fitting fusion weights and query projection on {priors.dialogs} conversations...", err=True)
         fitted = fit_retrieval(all_dialogs, loaded, library.store, library.embedder)
-        priors.weights = fitted.weights
-        priors.projection = fitted.projection.round(5).tolist()
-        priors.projection_bias = fitted.projection_bias.round(5).tolist()
-        priors.scorer = fitted.scorer
+        fitted.store_in(priors)
         priors.save(library.priors_path(loaded.name))
         typer.echo(f"fusion weights: {priors.weights}")
         if fitted.report:

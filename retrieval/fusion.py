@@ -78,6 +78,13 @@ class FittedRetrieval:
     scorer: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
 
+    def store_in(self, priors: InteractionPriors) -> None:
+        """Put the fitted fusion into ``priors`` (rounded, as saved with the catalog)."""
+        priors.weights = self.weights
+        priors.projection = self.projection.round(5).tolist()
+        priors.projection_bias = self.projection_bias.round(5).tolist()
+        priors.scorer = self.scorer
+
 
 def fit_retrieval(
     dialogs: Sequence[Dialog],

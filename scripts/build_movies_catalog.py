@@ -137,10 +137,7 @@ def main() -> None:
             library = Library(Settings(data_dir=args.data_dir or Path(tmp)))
             library.add(catalog)
             fitted = fit_retrieval(dialogs, catalog, library.store, library.embedder, priors.neighbours)
-        priors.weights = fitted.weights
-        priors.projection = fitted.projection.round(5).tolist()
-        priors.projection_bias = fitted.projection_bias.round(5).tolist()
-        priors.scorer = fitted.scorer
+        fitted.store_in(priors)
         print(f"fusion weights: {priors.weights}", file=sys.stderr)
         print(f"held-out recall (linear vs learned fusion): {fitted.report}", file=sys.stderr)
     priors.save(args.out / "movies.priors.json.gz")

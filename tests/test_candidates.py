@@ -113,7 +113,9 @@ def test_fitted_fusion_learns_from_conversations(library: Library, movies_small)
     assert LearnedFusion.from_dict({**fitted.scorer, "features": ["dense"]}) is None  # another feature set
 
     priors = InteractionPriors.from_dialogs(dialogs)
-    priors.scorer = fitted.scorer
+    fitted.store_in(priors)
+    assert priors.scorer == fitted.scorer and priors.weights == fitted.weights
+    assert len(priors.projection) == fitted.projection.shape[0]
     generator = CandidateGenerator(movies_small, library.store, library.embedder, priors)
     assert generator.learned is not None
     hits = sum(generator.candidates(Preferences(text="something good please", liked=[a]), 5)[0].item_id == b
