@@ -4,7 +4,8 @@
 
 Writes ``retrieval/data/movies.jsonl.gz`` (the ReDial movie catalog, 6,924 items, normalised) and
 ``retrieval/data/movies.priors.json.gz`` (popularity and co-occurrence from the ReDial train-split
-conversations, MovieLens item-item neighbours, and fusion weights fitted on those conversations).
+conversations, E-ReDial's included, MovieLens item-item neighbours, and fusion weights fitted on those
+conversations).
 The ReDial official test split is never read except to assert that no test conversation is used.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retrieval.catalog import Catalog, load_catalog  # noqa: E402
-from retrieval.dialogs import Dialog, read_dialogs  # noqa: E402
+from retrieval.dialogs import Dialog, Turn, merge_turns, read_dialogs  # noqa: E402
 from retrieval.priors import InteractionPriors  # noqa: E402
 
 KEEP = ("genre", "plot", "director", "writer", "star")
@@ -52,17 +54,65 @@ def slim_catalog(shared: Path, out_dir: Path) -> tuple[Catalog, dict[str, str]]:
 
 
 def train_dialogs(shared: Path, catalog: Catalog) -> list[Dialog]:
-    """The union of the ReDial train-split files, de-duplicated by conversation id, test ids excluded."""
+    """The union of the ReDial train-split files and E-ReDial's dialogs, by conversation id; never a test id."""
     test_ids = {str(json.loads(line)["conversationId"])
                 for line in open(shared / "redial/official/test_data.jsonl", encoding="utf-8")}
     seen: dict[str, Dialog] = {}
     for name in TRAIN_FILES:
         for dialog in read_dialogs(shared / "redial/partial_train" / name, catalog, "redial").dialogs:
             seen.setdefault(dialog.id, dialog)
+    for dialog in e_redial_dialogs(shared, catalog, set(seen)):
+        seen[dialog.id] = dialog
     leaked = test_ids & set(seen)
     if leaked:
         raise SystemExit(f"test-split conversations in the training files: {sorted(leaked)[:5]}")
     return list(seen.values())
+
+
+_BRACKETED = re.compile(r"\[([^\[\]]+)\]")
+_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+
+
+def _title_key(title: str) -> str:
+    return " ".join(title.lower().split())
+
+
+def e_redial_dialogs(shared: Path, catalog: Catalog, known: set[str]) -> list[Dialog]:
+    """E-ReDial's ReDial train-split dialogs that the ReDial files lack, movies linked by bracketed title.
+
+    E-ReDial writes movies as "[Title (Year)]", not as ids. A title links when it matches one catalog
+    title exactly (spacing and case aside), or, without a year, exactly one catalog title without its
+    year; anything else stays unlinked, as a wrong link would add false co-occurrence.
+    """
+    path = shared / "e_redial" / "e_redial_explanations.json"
+    if not path.exists():
+        return []
+    exact: dict[str, str] = {}
+    bare: dict[str, list[str]] = defaultdict(list)
+    for item in catalog:
+        exact.setdefault(_title_key(item.title), item.id)
+        bare[_title_key(_YEAR.sub("", item.title))].append(item.id)
+
+    def link(title: str) -> str | None:
+        key = _title_key(title)
+        if key in exact:
+            return exact[key]
+        found = bare.get(key, []) if not _YEAR.search(title) else []
+        return found[0] if len(found) == 1 else None
+
+    out = []
+    for raw in json.loads(path.read_text(encoding="utf-8")):
+        dialog_id = str(raw.get("conversationId", ""))
+        if not dialog_id or dialog_id in known:
+            continue
+        turns = []
+        for message in raw.get("messages", []):
+            text = message.get("text", "")
+            items = [i for i in (link(t) for t in _BRACKETED.findall(text)) if i]
+            turns.append(Turn(role="user" if message.get("role") == 0 else "assistant",
+                              text=_BRACKETED.sub(r"\1", text), items=items))
+        out.append(Dialog(id=dialog_id, turns=merge_turns(turns)))
+    return out
 
 
 def movielens_neighbours(shared: Path, movielens: dict[str, str], top: int = 30,
@@ -123,7 +173,8 @@ def main() -> None:
     print(f"catalog: {len(catalog)} items", file=sys.stderr)
 
     dialogs = train_dialogs(args.shared, catalog)
-    priors = InteractionPriors.from_dialogs(dialogs, source="ReDial train-split conversations (2,270 known here)")
+    source = f"ReDial train-split conversations ({len(dialogs):,} known here, E-ReDial's included)"
+    priors = InteractionPriors.from_dialogs(dialogs, source=source)
     priors.neighbours = movielens_neighbours(args.shared, movielens)
     print(f"priors: {priors.dialogs} dialogs, {len(priors.popularity)} items mentioned, "
           f"{len(priors.neighbours)} items with MovieLens neighbours", file=sys.stderr)

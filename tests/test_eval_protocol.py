@@ -118,3 +118,24 @@ def test_eval_command_writes_the_report(products, tmp_path: Path) -> None:  # no
     assert "recall@10" in result.stdout and "1 item mentions could not be resolved" in result.stderr
     report = json.loads(out.read_text())
     assert report["recommender"] == "retrieval" and report["samples"] == 7
+
+
+def test_cross_fitting_folds_keep_each_recommender_together() -> None:
+    """ReDial dialogs carry their recommender as the group, and folds never split a group."""
+    from retrieval.fusion import _assign_folds
+
+    path = shared_or_skip("redial/partial_train/kepler_subset_valid_data.jsonl")
+    dialogs = read_dialogs(path, _bundled_movies()).dialogs
+    raw = {str(r["conversationId"]): str(r["respondentWorkerId"])
+           for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    assert all(d.group == raw[d.id] for d in dialogs)
+    ungrouped = [Dialog(id=f"x{n}", turns=[]) for n in range(7)]
+    fold_of = _assign_folds(dialogs + ungrouped, 5, seed=0)
+    assert set(fold_of) == {d.id for d in dialogs + ungrouped}
+    by_group: dict[str, set[int]] = {}
+    for d in dialogs:
+        by_group.setdefault(d.group, set()).add(fold_of[d.id])
+    assert all(len(folds) == 1 for folds in by_group.values())
+    sizes = Counter(fold_of.values())
+    assert len(sizes) == 5 and max(sizes.values()) - min(sizes.values()) <= max(
+        sum(d.group == g for d in dialogs) for g in by_group)
