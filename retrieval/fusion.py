@@ -111,7 +111,7 @@ def fit_retrieval(
     """
     order = list(dialogs)
     fold_of = _assign_folds(order, folds, seed)
-    folds = max(fold_of.values()) + 1
+    folds = max(fold_of.values(), default=0) + 1
     samples = [s for s in iter_samples(order) if s.is_new and s.target in catalog]
     if not samples:
         raise ValueError("no training samples: no assistant turn mentions a catalog item")
