@@ -229,6 +229,14 @@ class DialogueManager:
 
         include: dict[str, list[str]] = {}
         for attr in u.attributes:
+            # Every field, sparse ones too, feeds the candidates' soft attribute signal.
+            liked_values = state.attributes.setdefault(attr.field, [])
+            if attr.polarity == "like" and attr.value not in liked_values:
+                liked_values.append(attr.value)
+            elif attr.polarity != "like" and attr.value in liked_values:
+                liked_values.remove(attr.value)
+            if not liked_values:
+                del state.attributes[attr.field]
             if attr.field not in tools.interpreter.filter_fields:
                 continue  # sparse fields (tags, ...) stay soft: they are in the wish text already
             if attr.polarity == "like":
@@ -394,6 +402,7 @@ class DialogueManager:
             disliked=list(state.disliked),
             exclude=list(dict.fromkeys(shown + state.seen)),
             constraints=state.constraints,
+            attributes=state.attributes,
             vector=state.preference or None,
         )
 

@@ -51,6 +51,9 @@ class SessionState(BaseModel):
     seen: list[str] = Field(default_factory=list)
     wishes: list[str] = Field(default_factory=list, description="Free-text wishes, e.g. 'not too violent'.")
     constraints: Constraints = Field(default_factory=Constraints)
+    attributes: dict[str, list[str]] = Field(
+        default_factory=dict, description="Attribute values the user asked for or liked (a soft preference)."
+    )
     recommended: list[Recommendation] = Field(default_factory=list)
     last_recommendations: list[str] = Field(default_factory=list)
     focus: str | None = Field(default=None, description="The item 'it' refers to.")

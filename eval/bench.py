@@ -98,16 +98,21 @@ SEARCH_QUERIES = (
 
 
 def bench_search(library, catalog: str | None, queries: int = 200, k: int = 100) -> dict[str, Any]:  # noqa: ANN001
-    """Latency of `CandidateGenerator.candidates` for free-text requests (query encoding included)."""
+    """Latency of a free-text search as `recchat search` runs it: linking the items and attribute values
+    named in the text, encoding it, and `CandidateGenerator.candidates`."""
     generator = library.generator(catalog)
+    linker = library.linker(generator.catalog.name)
     from retrieval.candidates import Preferences
+    from retrieval.fusion import named_attributes
 
     generator.candidates(Preferences(text="warm up"), k)
     times: list[float] = []
     for n in range(queries):
         text = SEARCH_QUERIES[n % len(SEARCH_QUERIES)] + ("" if n < len(SEARCH_QUERIES) else f" #{n}")
         start = time.perf_counter()
-        generator.candidates(Preferences(text=text, recent=text), k)
+        liked = [m.item_id for m in linker.link_items(text)]
+        prefs = Preferences(text=text, recent=text, liked=liked, attributes=named_attributes(linker, [text]))
+        generator.candidates(prefs, k)
         times.append((time.perf_counter() - start) * 1000)
     return {"catalog": generator.catalog.name, "items": len(generator.catalog), "queries": queries, "k": k,
             "latency_ms": {"p50": round(percentile(times, 50), 1), "p95": round(percentile(times, 95), 1)}}

@@ -56,7 +56,7 @@ def evaluate(
     if recommender is RecommenderName.popularity:
         rec = PopularityRecommender(cat, library.priors(cat.name))
     elif recommender is RecommenderName.retrieval:
-        rec = RetrievalRecommender(library.generator(cat.name))
+        rec = RetrievalRecommender(library.generator(cat.name), library.linker(cat.name))
     else:
         from chatbot.service import Chatbot
         from eval.recommend import FullRecommender

@@ -19,6 +19,7 @@ from retrieval.candidates import CandidateGenerator, Preferences
 from retrieval.catalog import Catalog
 from retrieval.dialogs import Dialog, Sample, Turn, iter_samples
 from retrieval.fusion import preferences_for
+from retrieval.linking import EntityLinker
 from retrieval.priors import InteractionPriors
 
 RECALL_KS = (1, 10, 50, 100)
@@ -54,11 +55,12 @@ class RetrievalRecommender:
 
     name = "retrieval"
 
-    def __init__(self, generator: CandidateGenerator) -> None:
+    def __init__(self, generator: CandidateGenerator, linker: EntityLinker | None = None) -> None:
         self.generator = generator
+        self.linker = linker
 
     def rank(self, context: list[Turn], k: int) -> list[str]:
-        prefs = preferences_for(context, self.generator.catalog)
+        prefs = preferences_for(context, self.generator.catalog, self.linker)
         return [c.item_id for c in self.generator.candidates(prefs, k)]
 
 

@@ -29,11 +29,13 @@ FEATURES = (
     "popularity",     # log popularity, scaled to 0..1
     "rec_popularity",  # log count of times recommended as a new item, scaled to 0..1
     "disliked_sim",   # max cosine(item, disliked item)
+    "attr_match",     # how many of the attribute values the user named (genres, people, brands) the item has
 )
 DEFAULT_WEIGHTS = {
     "dense": 4.0, "dense_recent": 2.0, "dense_learned": 4.0, "item_sim_max": 2.0, "item_sim_mean": 1.0,
     "item_sim_last": 1.0, "cooc": 2.0, "follow": 3.0,
     "neighbours": 1.0, "popularity": 1.0, "rec_popularity": 1.0, "disliked_sim": -2.0,
+    "attr_match": 1.0,
 }
 
 
@@ -162,6 +164,10 @@ class Preferences(BaseModel):
     disliked: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list, description="Item ids never to return (shown, mentioned).")
     constraints: Constraints = Field(default_factory=Constraints)
+    attributes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Attribute values the user named (field -> values): a soft signal, unlike `constraints`.",
+    )
     vector: list[float] | None = Field(
         default=None, description="A dense preference vector (item-embedding space) used instead of encoding text."
     )
@@ -210,6 +216,7 @@ class CandidateGenerator:
         self.list_fields = {name for item in catalog for name in item.lists}
         pops = self.priors.popularity
         self._popular = sorted(pops, key=lambda i: -pops[i])[:200]
+        self._item_values: dict[str, frozenset[tuple[str, str]]] = {}
         self._projection: tuple[np.ndarray, np.ndarray] | None = None
         # Explicit weights (a caller's choice) win over the learned scorer.
         self.learned = None if weights else LearnedFusion.from_dict(self.priors.scorer)
@@ -364,4 +371,16 @@ class CandidateGenerator:
         for n, item_id in enumerate(pool):
             out[n, col["popularity"]] = math.log1p(pops.get(item_id, 0.0)) / max_pop
             out[n, col["rec_popularity"]] = math.log1p(priors.rec_popularity.get(item_id, 0.0)) / max_rec
+        named = {(name, v.lower()) for name, values in prefs.attributes.items() for v in values}
+        if named:
+            for n, item_id in enumerate(pool):
+                out[n, col["attr_match"]] = len(named & self.item_values(item_id))
         return out
+
+    def item_values(self, item_id: str) -> frozenset[tuple[str, str]]:
+        """The item's (field, lower-cased value) pairs a user may name, cached: features read them per request."""
+        values = self._item_values.get(item_id)
+        if values is None:
+            item = self.catalog[item_id]
+            values = self._item_values[item_id] = frozenset((n, v.lower()) for n, v in item.attribute_values())
+        return values

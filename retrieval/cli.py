@@ -109,9 +109,11 @@ def search(
     exclude: Annotated[list[str] | None, typer.Option(help="FIELD=VALUE that items must not have.")] = None,
     range_: Annotated[list[str] | None, typer.Option("--range", help="FIELD=MIN:MAX numeric range.")] = None,
 ) -> None:
-    """Print the candidates for a request, with their signals. Items named in the text count as liked."""
+    """Print the candidates for a request, with their signals. Items named in the text count as liked;
+    attribute values named in it (genres, people, brands) as a soft preference."""
     from retrieval.candidates import Constraints, Preferences
     from retrieval.catalog import CatalogError
+    from retrieval.fusion import named_attributes
     from retrieval.index import Library
 
     if not text.strip():
@@ -125,11 +127,11 @@ def search(
         generator = library.generator(catalog)
     except CatalogError as exc:
         raise fail(str(exc)) from None
-    try:
-        liked = [m.item_id for m in library.linker(generator.catalog.name).link_items(text)]
-    except ImportError:  # linker under construction
-        liked = []
-    results = generator.candidates(Preferences(text=text, recent=text, liked=liked, constraints=constraints), k)
+    linker = library.linker(generator.catalog.name)
+    liked = [m.item_id for m in linker.link_items(text)]
+    prefs = Preferences(text=text, recent=text, liked=liked, constraints=constraints,
+                        attributes=named_attributes(linker, [text]))
+    results = generator.candidates(prefs, k)
     if as_json:
         json.dump([c.as_dict() for c in results], sys.stdout, indent=1)
         sys.stdout.write("\n")

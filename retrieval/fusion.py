@@ -14,17 +14,34 @@ from retrieval.candidates import FEATURES, CandidateGenerator, LearnedFusion, Pr
 from retrieval.catalog import Catalog
 from retrieval.dialogs import Dialog, context_text, iter_samples
 from retrieval.embedding import Embedder
+from retrieval.linking import EntityLinker
 from retrieval.priors import InteractionPriors
 from retrieval.store import VectorStore
 
 
-def preferences_for(context: list, catalog: Catalog) -> Preferences:  # noqa: ANN001 - list[Turn]
-    """The retrieval view of a dialog context: its words, and every item mentioned so far as liked."""
+def preferences_for(
+    context: list, catalog: Catalog, linker: EntityLinker | None = None  # noqa: ANN001 - list[Turn]
+) -> Preferences:
+    """The retrieval view of a dialog context: its words, every item mentioned so far as liked, and (with a
+    ``linker``) the attribute values named in the user's turns."""
     text, recent = context_text(context)
     liked: list[str] = []
     for turn in context:
         liked += [i for i in turn.items if i in catalog and i not in liked]
-    return Preferences(text=text, recent=recent, liked=liked)
+    attributes = named_attributes(linker, [t.text for t in context if t.role == "user"]) if linker else {}
+    return Preferences(text=text, recent=recent, liked=liked, attributes=attributes)
+
+
+def named_attributes(linker: EntityLinker, texts: Sequence[str]) -> dict[str, list[str]]:
+    """Field -> attribute values named in ``texts`` (in order, without repeats): `Preferences.attributes`."""
+    attributes: dict[str, list[str]] = {}
+    for text in texts:
+        if text.strip():
+            for mention in linker.link_attributes(text):
+                values = attributes.setdefault(mention.field, [])
+                if mention.value not in values:
+                    values.append(mention.value)
+    return attributes
 
 
 def fit_projection(
@@ -115,7 +132,8 @@ def fit_retrieval(
     samples = [s for s in iter_samples(order) if s.is_new and s.target in catalog]
     if not samples:
         raise ValueError("no training samples: no assistant turn mentions a catalog item")
-    prefs_list = [preferences_for(s.context, catalog) for s in samples]
+    linker = EntityLinker(catalog)
+    prefs_list = [preferences_for(s.context, catalog, linker) for s in samples]
     texts = [p.text or " " for p in prefs_list] + [p.recent or " " for p in prefs_list]
     vectors = embedder.encode(texts, progress=progress)
     n = len(samples)

@@ -123,3 +123,26 @@ def test_fitted_fusion_learns_from_conversations(library: Library, movies_small)
     assert hits >= 15
     # Explicit weights are a caller's choice and switch the learned scorer off.
     assert CandidateGenerator(movies_small, library.store, library.embedder, priors, {"dense": 1.0}).learned is None
+
+
+def test_named_attributes_are_a_soft_signal(library: Library, movies_small) -> None:  # noqa: ANN001
+    from retrieval.dialogs import Turn
+    from retrieval.fusion import preferences_for
+
+    context = [Turn(role="user", text="I'm in the mood for something by Michael Mann, maybe a crime film"),
+               Turn(role="assistant", text="Have you seen a Steven Soderbergh movie?")]
+    prefs = preferences_for(context, movies_small, library.linker("movies_small"))
+    # Only the user's words count: the assistant's suggestion is not the user's taste.
+    assert "Michael Mann" in prefs.attributes["director"]
+    assert "Steven Soderbergh" not in prefs.attributes.get("director", [])
+    assert "crime" in prefs.attributes["genre"]
+
+    results = library.generator("movies_small").candidates(prefs, len(movies_small))
+    by_title = {c.title: c for c in results}
+    assert by_title["Heat (1995)"].signals["attr_match"] == 2  # directed by Michael Mann, and a crime film
+    for c in results:
+        item = movies_small[c.item_id]
+        expected = ("Michael Mann" in item.lists.get("director", [])) + ("crime" in item.lists.get("genre", []))
+        assert c.signals["attr_match"] == expected, c.title
+    # Soft: items without the attributes are still candidates (unlike constraints).
+    assert any(c.signals["attr_match"] == 0 for c in results)

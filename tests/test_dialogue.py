@@ -45,6 +45,7 @@ def test_likes_negation_and_never_recommending_rejected(bot: Chatbot) -> None:
 
     third = bot.send(sid, "I hate horror movies, show me more")
     assert "horror" in bot.get_session(sid).constraints.exclude["genre"]
+    assert "horror" not in bot.get_session(sid).attributes.get("genre", [])
     assert third.recommendations and not any("horror" in _genres(bot, r.id) for r in third.recommendations)
     assert not ({r.id for r in third.recommendations} & (shown | {heat, rejected}))
 
@@ -67,6 +68,7 @@ def test_constraints_and_change_of_mind(bot: Chatbot) -> None:
     comedy = bot.send(sid, "Actually, I'd prefer a comedy")
     assert comedy.recommendations and all("comedy" in _genres(bot, r.id) for r in comedy.recommendations)
     assert bot.get_session(sid).constraints.include == {"genre": ["comedy"]}
+    assert {"horror", "comedy"} <= set(bot.get_session(sid).attributes["genre"])  # the soft signal keeps both
     old = bot.send(sid, "something from before 1990")
     assert all(bot.library.catalog("movies_small")[r.id].numbers["year"] <= 1990 for r in old.recommendations)
 

@@ -91,8 +91,8 @@ def test_neutral_format_on_a_product_catalog(library: Library, products) -> None
     assert read.format == "neutral"
     assert read.unresolved == 1 and "Unknown Gadget 9" in read.unresolved_examples[0]
     assert read.dialogs[0].turns[3].items == ["p-001"]  # a title resolved to the id
-    report = evaluate_recommender(RetrievalRecommender(library.generator("products")), read.dialogs, "shop",
-                                  unresolved=read.unresolved, progress=False)
+    recommender = RetrievalRecommender(library.generator("products"), library.linker("products"))
+    report = evaluate_recommender(recommender, read.dialogs, "shop", unresolved=read.unresolved, progress=False)
     assert report.samples == 7 and report.unresolved == 1
     assert report.metrics["all"]["recall@10"] > 0.5  # a 20-item catalog: the targets are easy to reach
     data = report.as_dict()
