@@ -141,11 +141,14 @@ def search(
 
     if liked:
         typer.echo("named in the text: " + ", ".join(generator.catalog[i].title for i in liked))
-    table = Table("#", "id", "title", "score", "dense", "item", "cooc", "pop")
+    if prefs.attributes:
+        typer.echo("attributes named: " + ", ".join(f"{k}={v}" for k, vs in prefs.attributes.items() for v in vs))
+    table = Table("#", "id", "title", "score", "dense", "item", "cooc", "pop", "attr")
     for n, c in enumerate(results, 1):
         s = c.signals
         table.add_row(str(n), c.item_id, c.title, f"{c.score:.3f}", f"{s['dense']:.2f}",
-                      f"{s['item_sim_max']:.2f}", f"{s['cooc'] + s['follow']:.2f}", f"{s['popularity']:.2f}")
+                      f"{s['item_sim_max']:.2f}", f"{s['cooc'] + s['follow']:.2f}", f"{s['popularity']:.2f}",
+                      f"{s['attr_match']:.0f}")
     Console().print(table)
 
 
