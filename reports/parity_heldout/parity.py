@@ -59,8 +59,8 @@ def main() -> None:
             return prefs, lm_context
 
         FullRecommender.inputs = inputs  # type: ignore[method-assign]
-        recommender = (RetrievalRecommender(library.generator("movies")) if mode == "retrieval"
-                       else FullRecommender(dialogue, "movies", use_lm=False))
+        recommender = (RetrievalRecommender(library.generator("movies"), library.linker("movies"))
+                       if mode == "retrieval" else FullRecommender(dialogue, "movies", use_lm=False))
         report = evaluate_recommender(recommender, held, "held", progress=False)
         print(mode, {k: round(v, 4) for k, v in report.metrics["new_items"].items()}, flush=True)
 
