@@ -230,13 +230,10 @@ class DialogueManager:
         include: dict[str, list[str]] = {}
         for attr in u.attributes:
             # Every field, sparse ones too, feeds the candidates' soft attribute signal.
-            liked_values = state.attributes.setdefault(attr.field, [])
-            if attr.polarity == "like" and attr.value not in liked_values:
-                liked_values.append(attr.value)
-            elif attr.polarity != "like" and attr.value in liked_values:
-                liked_values.remove(attr.value)
-            if not liked_values:
-                del state.attributes[attr.field]
+            kept = [v for v in state.attributes.pop(attr.field, []) if v != attr.value]
+            kept += [attr.value] if attr.polarity == "like" else []
+            if kept:
+                state.attributes[attr.field] = kept
             if attr.field not in tools.interpreter.filter_fields:
                 continue  # sparse fields (tags, ...) stay soft: they are in the wish text already
             if attr.polarity == "like":

@@ -48,14 +48,14 @@ class PopularityRecommender:
 
 
 class RetrievalRecommender:
-    """The candidate generator alone: dense + item-to-item + co-occurrence + popularity, fused.
+    """The candidate generator alone: dense, item-to-item, co-occurrence, popularity and named attributes, fused.
 
     Items already mentioned in the dialog are excluded, as the service does.
     """
 
     name = "retrieval"
 
-    def __init__(self, generator: CandidateGenerator, linker: EntityLinker | None = None) -> None:
+    def __init__(self, generator: CandidateGenerator, linker: EntityLinker) -> None:
         self.generator = generator
         self.linker = linker
 

@@ -19,16 +19,14 @@ from retrieval.priors import InteractionPriors
 from retrieval.store import VectorStore
 
 
-def preferences_for(
-    context: list, catalog: Catalog, linker: EntityLinker | None = None  # noqa: ANN001 - list[Turn]
-) -> Preferences:
-    """The retrieval view of a dialog context: its words, every item mentioned so far as liked, and (with a
-    ``linker``) the attribute values named in the user's turns."""
+def preferences_for(context: list, catalog: Catalog, linker: EntityLinker) -> Preferences:  # noqa: ANN001
+    """The retrieval view of a dialog context (a list of `Turn`): its words, every item mentioned so far as
+    liked, and the attribute values named in the user's turns."""
     text, recent = context_text(context)
     liked: list[str] = []
     for turn in context:
         liked += [i for i in turn.items if i in catalog and i not in liked]
-    attributes = named_attributes(linker, [t.text for t in context if t.role == "user"]) if linker else {}
+    attributes = named_attributes(linker, [t.text for t in context if t.role == "user"])
     return Preferences(text=text, recent=recent, liked=liked, attributes=attributes)
 
 

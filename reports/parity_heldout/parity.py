@@ -53,7 +53,7 @@ def main() -> None:
             if "novec" in mode:
                 prefs.vector = None
             if "nodis" in mode:
-                prefs.liked, prefs.disliked = preferences_for(context, catalog).liked, []
+                prefs.liked, prefs.disliked = preferences_for(context, catalog, library.linker("movies")).liked, []
             if "noexcl" in mode:
                 prefs.exclude = []
             return prefs, lm_context
