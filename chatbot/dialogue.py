@@ -207,6 +207,12 @@ class DialogueManager:
     # -- state updates -----------------------------------------------------------------------------
     def apply(self, state: SessionState, u: Understanding, tools: CatalogTools) -> list[str]:
         """Update likes, dislikes, constraints and the preference vector; return the items referred to."""
+        if u.act == "reset":
+            # Tastes and filters go; what was shown or seen stays, so that nothing is suggested twice.
+            state.liked, state.disliked, state.wishes, state.attributes, state.preference = [], [], [], {}, []
+            state.constraints = Constraints()
+            state.last_recommendations, state.focus = [], None
+            state.context_start = len(state.messages)  # after the "start over" message itself
         targets: list[str] = []
         last = state.last_recommendations
         for ref in u.references:
@@ -236,6 +242,8 @@ class DialogueManager:
                 state.attributes[attr.field] = kept
             if attr.field not in tools.interpreter.filter_fields:
                 continue  # sparse fields (tags, ...) stay soft: they are in the wish text already
+            if attr.polarity == "like" and not attr.requested:
+                continue  # a taste ("I love Tom Hanks") ranks items up; only a request filters them
             if attr.polarity == "like":
                 include.setdefault(attr.field, []).append(attr.value)
                 excluded = state.constraints.exclude.get(attr.field, [])
@@ -391,16 +399,19 @@ class DialogueManager:
     def preferences(self, state: SessionState) -> Preferences:
         """The candidate generator's view of the session."""
         shown = [r.id for r in state.recommended]
-        wishes = [_positive_text(w) for w in reversed(state.wishes)]
+        # The user's own words, latest first (the embedding model reads the start of a long text), as the
+        # fusion was fitted on: stripping titles or negated clauses here measured worse on held-out dialogs.
+        said = [sanitise_text(m.text) for m in state.messages[state.context_start:] if m.role == "user"]
+        said = [text for text in said if text.strip()]
         return Preferences(
-            text=" ".join(w for w in wishes if w)[:1200],
-            recent=_positive_text(state.wishes[-1]) if state.wishes else "",
+            text=" ".join(reversed(said))[:1200],
+            recent=said[-1] if said else "",
             liked=list(state.liked),
             disliked=list(state.disliked),
             exclude=list(dict.fromkeys(shown + state.seen)),
             constraints=state.constraints,
             attributes=state.attributes,
-            vector=state.preference or None,
+            preference=state.preference or None,
         )
 
     def lm_context(self, state: SessionState, catalog: Catalog) -> str:

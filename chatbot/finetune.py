@@ -208,7 +208,6 @@ def use_priors_without(library: Library, data: Dataset) -> None:
     counts then carry nothing of the held-out slice, so retrieval behaves on it as on unseen dialogs.
     """
     from retrieval.candidates import CandidateGenerator
-    from retrieval.priors import InteractionPriors
 
     by_catalog: dict[str, list[Dialog]] = {}
     for name, dialogs in data.train.items():
@@ -217,9 +216,7 @@ def use_priors_without(library: Library, data: Dataset) -> None:
         base = library.priors(catalog_name)
         if base is None:
             continue
-        fresh = InteractionPriors.from_dialogs(dialogs, source="training dialogs only")
-        fresh.neighbours, fresh.weights, fresh.scorer = base.neighbours, base.weights, base.scorer
-        fresh.projection, fresh.projection_bias = base.projection, base.projection_bias
+        fresh = base.recounted(dialogs, source="training dialogs only")
         catalog = library.catalog(catalog_name)
         library.set_generator(catalog_name, CandidateGenerator(catalog, library.store, library.embedder, fresh))
 

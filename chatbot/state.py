@@ -59,6 +59,7 @@ class SessionState(BaseModel):
     focus: str | None = Field(default=None, description="The item 'it' refers to.")
     preference: list[float] = Field(default_factory=list)
     messages: list[Message] = Field(default_factory=list)
+    context_start: int = Field(default=0, description="Index of the first message since the user started over.")
     version: int = 0
 
     def shown_ids(self) -> set[str]:

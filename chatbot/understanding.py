@@ -57,6 +57,16 @@ _REPEAT_RE = re.compile(r"\b(?:again|repeat|remind me|what were (?:they|those)|s
                         re.IGNORECASE)
 _RESET_RE = re.compile(r"\b(?:start over|forget (?:everything|all|what i said)|reset|new conversation)\b",
                        re.IGNORECASE)
+# Asking, as opposed to telling a taste: only what is asked for becomes a hard filter.
+_REQUEST_RE = re.compile(
+    r"\b(?:recommend|recommendations?|suggest|suggestions?|looking for|look for|want|wanna|need|in the mood|"
+    r"mood for|show me|find me|give me|get me|what about|how about|any|anything|something|please|would like|"
+    r"i'?d like|(?:i'?d|would) (?:prefer|rather)|can you|could you|do you have|search(?:ing)?)\b",
+    re.IGNORECASE,
+)
+_INDEFINITE_RE = re.compile(r"\W*(?:a|an|some)\b", re.IGNORECASE)  # "a comedy from the 80s"
+_FILLER_WORDS = frozenset({"a", "an", "the", "some", "just", "maybe", "good", "great", "really", "more", "and",
+                           "or", "also", "only", "one", "ones", "ok", "okay", "yes", "well", "please"})
 _CHITCHAT_RE = re.compile(
     r"^\s*(?:hi|hello|hey|hiya|good (?:morning|afternoon|evening)|thanks|thank you|thx|ok|okay|cool|great|"
     r"nice|bye|goodbye|see you|how are you|lol|haha|yes|no|sure|awesome|perfect)\b[\s!.,?]*"
@@ -110,6 +120,7 @@ class AttributeSignal:
     surface: str
     start: int = 0
     end: int = 0
+    requested: bool = True  # asked for ("I want a comedy"), not a statement of taste ("I like comedies")
 
 
 @dataclass
@@ -148,6 +159,32 @@ def _polarity(text: str, start: int, end: int) -> Polarity:
     if _NEGATIVE_CUES.search(before) or re.match(r"\s*(?:is|was)?\s*(?:boring|awful|terrible|overrated)", after):
         return "dislike"
     return "like"
+
+
+def _asks(text: str) -> bool:
+    """Whether a clause asks for something ("any comedies?", "I want ...", "a sci-fi movie from the 80s",
+    a bare "horror movies"), as opposed to telling a taste, a story or a remark ("I like comedies", "I loved X
+    with Y", "as a kid of the 80s", "was that Adam Sandler?")."""
+    if _REQUEST_RE.search(text) or _INDEFINITE_RE.match(text):
+        return True
+    words = [w for w in re.findall(r"\b[A-Za-z][A-Za-z']*", text) if w.lower() not in _FILLER_WORDS]
+    return len(words) <= 1
+
+
+def _requested(text: str, start: int, end: int) -> bool:
+    """Whether the attribute at ``text[start:end]`` is part of a request (see `_asks`), in its own clause."""
+    low, high = _clause_of(text, start)
+    return _asks(text[low:start] + " " + text[end:high])
+
+
+def _range_asked(text: str) -> bool:
+    """Whether a year or rating range in ``text`` sits in a clause that asks for it (see `_asks`)."""
+    for pattern in (_DECADE_RE, _AFTER_YEAR_RE, _BEFORE_YEAR_RE, _RECENT_RE, _OLD_RE, _RATING_RE):
+        for match in pattern.finditer(text):
+            low, high = _clause_of(text, match.start())
+            if _asks(text[low:high]):
+                return True
+    return False
 
 
 class MessageInterpreter:
@@ -206,9 +243,13 @@ class MessageInterpreter:
                 count += 1_000_000  # prefer a field that can be filtered on
             polarity = "dislike" if _polarity(text, mention.start, mention.end) == "dislike" else "like"
             key = mention.value.lower()
+            requested = _requested(text, mention.start, mention.end) or (key in by_value and
+                                                                       by_value[key][1].requested)
             if key not in by_value or count > by_value[key][0]:
                 by_value[key] = (count, AttributeSignal(mention.field, mention.value, polarity, mention.surface,
-                                                        mention.start, mention.end), mention.start)
+                                                        mention.start, mention.end, requested), mention.start)
+            else:
+                by_value[key][1].requested = requested
             if mention.field in self.filter_fields:
                 taken.append((mention.start, mention.end))
         for match in re.finditer(r"[A-Za-z]{4,}", text):
@@ -222,7 +263,8 @@ class MessageInterpreter:
             if hit and hit[1] not in by_value:
                 polarity = "dislike" if _polarity(text, match.start(), match.end()) == "dislike" else "like"
                 by_value[hit[1]] = (0, AttributeSignal(hit[0], hit[1], polarity, match.group(0), match.start(),
-                                                       match.end()), match.start())
+                                                       match.end(), _requested(text, match.start(), match.end())),
+                                    match.start())
         return [signal for _, signal, _ in sorted(by_value.values(), key=lambda v: v[2])]
 
     def interpret(self, text: str, has_recommendations: bool) -> Understanding:
@@ -242,7 +284,10 @@ class MessageInterpreter:
         items = [ItemSignal(m.item_id, _polarity(text, m.start, m.end), m.surface) for m in mentions]
         title_spans = [(m.start, m.end) for m in mentions]
         attributes = [a for a in self._attributes(text, title_spans) if not unsafe_value(a.value)]
-        ranges = self._ranges(text)
+        # A budget is always a limit; years and ratings only when asked for ("something from the 80s"), not
+        # in a story ("being a kid from the 80s, I like the original better").
+        ranges = {name: bounds for name, bounds in self._ranges(text).items()
+                  if (name == self.price_field and _CURRENCY_HINT.search(text)) or _range_asked(text)}
         references = [_ORDINALS[m.group(1).lower()] for m in _ORDINAL_RE.finditer(text)]
         references += [int(m.group(1)) - 1 for m in _NUMBER_REF_RE.finditer(text)]
         pronoun = bool(_PRONOUN_RE.search(text))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chatbot.dialogue import DialogueManager
-from chatbot.state import SessionState
+from chatbot.state import Message, SessionState
 from eval.metrics import MetricAccumulator, percentile, rank_of
 from retrieval.candidates import CandidateGenerator, Preferences
 from retrieval.catalog import Catalog
@@ -95,6 +95,7 @@ class FullRecommender:
         for turn in context[self._replayed:]:
             if turn.role == "user" and turn.text.strip():
                 understanding = tools.interpreter.interpret(turn.text, bool(state.last_recommendations))
+                state.messages.append(Message(role="user", text=turn.text, items=list(turn.items)))
                 self.dialogue.apply(state, understanding, tools)
             for item in turn.items:
                 if item not in state.liked and item in tools.catalog:

@@ -39,6 +39,11 @@ DEFAULT_WEIGHTS = {
 }
 
 
+# How much of a session's preference vector is mixed into its text query (which has unit length); 0.3 was
+# chosen on held-out training dialogs (0 and 0.3 measured; see reports/parity_heldout).
+PREFERENCE_BLEND = 0.3
+# Below this spread a signal is taken as constant in the data a `LearnedFusion` was fitted on.
+UNSEEN_STD = 1e-4
 # Count-like signals: their scale grows with the number of liked items, so the learned scorer reads log1p.
 COUNT_FEATURES = ("cooc", "follow", "neighbours")
 
@@ -73,6 +78,13 @@ class LearnedFusion:
         self._w1 = np.asarray(self.w1, np.float32).T
         self._b1 = np.asarray(self.b1, np.float32)
         self._w2 = np.asarray(self.w2, np.float32)
+        # A signal that never varied in the fitting data (e.g. `disliked_sim` when the training view has no
+        # dislikes) has untrained weights and a near-zero std: any nonzero value would saturate the MLP.
+        # It is read linearly instead, at its default weight.
+        unseen = self._std < UNSEEN_STD
+        self._linear = np.where(unseen, [DEFAULT_WEIGHTS[name] for name in FEATURES], 0.0).astype(np.float32)
+        self._w1[unseen] = 0.0
+        self._std[unseen] = 1.0
 
     @staticmethod
     def prepare(features: np.ndarray) -> np.ndarray:
@@ -86,7 +98,7 @@ class LearnedFusion:
     def score(self, features: np.ndarray) -> np.ndarray:
         """One score per row of a raw (n, len(FEATURES)) feature matrix."""
         x = (self.prepare(features) - self._mean) / self._std
-        return np.tanh(x @ self._w1 + self._b1) @ self._w2 + np.float32(self.b2)
+        return np.tanh(x @ self._w1 + self._b1) @ self._w2 + np.float32(self.b2) + features @ self._linear
 
 
 class Constraints(BaseModel):
@@ -147,6 +159,11 @@ class Constraints(BaseModel):
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
 def _values(item: Item, name: str) -> set[str]:
     if name in item.lists:
         return {v.lower() for v in item.lists[name]}
@@ -168,9 +185,12 @@ class Preferences(BaseModel):
         default_factory=dict,
         description="Attribute values the user named (field -> values): a soft signal, unlike `constraints`.",
     )
-    vector: list[float] | None = Field(
-        default=None, description="A dense preference vector (item-embedding space) used instead of encoding text."
+    preference: list[float] | None = Field(
+        default=None,
+        description="A session's dense preference vector (item-embedding space), blended into the text query.",
     )
+    text_vector: list[float] | None = Field(default=None, description="`text`, already encoded.")
+
     recent_vector: list[float] | None = Field(default=None, description="`recent`, already encoded.")
 
 
@@ -288,10 +308,15 @@ class CandidateGenerator:
         where = constraints.chroma_where(self.list_fields)
         wide = k * 3 + len(blocked)
         pool: dict[str, None] = {}
-        if prefs.vector is not None and len(prefs.vector) == matrix.shape[1]:
-            query = np.asarray(prefs.vector, dtype=np.float32)
+        if prefs.text_vector is not None and len(prefs.text_vector) == matrix.shape[1]:
+            query = np.asarray(prefs.text_vector, dtype=np.float32)
         else:
             query = self.encode_query(prefs.text)
+        if prefs.preference is not None and len(prefs.preference) == matrix.shape[1]:
+            # A nudge, not a replacement: the fusion was fitted on text queries, and a vector built from
+            # item embeddings alone scores items on another scale (measured: it lost recall as the query).
+            preference = np.asarray(prefs.preference, dtype=np.float32)
+            query = preference if query is None else _unit(query + PREFERENCE_BLEND * preference)
         if prefs.recent_vector is not None and len(prefs.recent_vector) == matrix.shape[1]:
             recent = np.asarray(prefs.recent_vector, dtype=np.float32)
         else:

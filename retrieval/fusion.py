@@ -168,7 +168,7 @@ def fit_retrieval(
         generator = CandidateGenerator(catalog, store, embedder, priors)
         for i in held_idx:
             prefs = prefs_list[i]
-            prefs.vector = queries[i, :d].tolist()
+            prefs.text_vector = queries[i, :d].tolist()
             prefs.recent_vector = queries[i, d:].tolist()
             pool, query, recent = generator._pool(prefs, pool_k)
             if samples[i].target in pool:

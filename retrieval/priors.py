@@ -69,6 +69,15 @@ class InteractionPriors:
             source=source,
         )
 
+    def recounted(self, dialogs: Iterable[Dialog], source: str = "") -> InteractionPriors:
+        """Popularity and co-occurrence counted again over ``dialogs``; external neighbours and everything
+        fitted (weights, projection, scorers) kept. For measuring on dialogs the counts must not have seen."""
+        fresh = InteractionPriors.from_dialogs(dialogs, source=source)
+        fresh.neighbours, fresh.weights = self.neighbours, self.weights
+        fresh.projection, fresh.projection_bias = self.projection, self.projection_bias
+        fresh.scorer = self.scorer
+        return fresh
+
     def save(self, path: Path) -> None:
         """Write as gzip JSON (atomic replace)."""
         path.parent.mkdir(parents=True, exist_ok=True)

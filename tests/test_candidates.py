@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from retrieval.candidates import FEATURES, Constraints, Preferences
+import numpy as np
+import pytest
+
+from retrieval.candidates import DEFAULT_WEIGHTS, FEATURES, Constraints, Preferences
 from retrieval.dialogs import Dialog, Turn
 from retrieval.index import Library
 from retrieval.priors import InteractionPriors
@@ -123,6 +126,14 @@ def test_fitted_fusion_learns_from_conversations(library: Library, movies_small)
     assert hits >= 15
     # Explicit weights are a caller's choice and switch the learned scorer off.
     assert CandidateGenerator(movies_small, library.store, library.embedder, priors, {"dense": 1.0}).learned is None
+
+    # These dialogs have no dislikes, so `disliked_sim` never varied: the scorer reads it at its default
+    # linear weight rather than through untrained MLP weights, where any value would saturate the scores.
+    features = np.zeros((2, len(FEATURES)), dtype=np.float32)
+    features[1, FEATURES.index("disliked_sim")] = 0.8
+    low, high = scorer.score(features)[[1, 0]]
+    assert np.isfinite([low, high]).all()
+    assert high - low == pytest.approx(-0.8 * DEFAULT_WEIGHTS["disliked_sim"], rel=1e-5)
 
 
 def test_named_attributes_are_a_soft_signal(library: Library, movies_small) -> None:  # noqa: ANN001

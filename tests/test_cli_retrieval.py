@@ -26,6 +26,18 @@ def run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> su
     return result
 
 
+def test_index_with_conversations_fits_the_fusions(data_dir: Path) -> None:
+    from retrieval.candidates import FEATURES
+    from retrieval.priors import InteractionPriors
+
+    out = run("index", "--catalog", str(DATA / "products.csv"), "--name", "shop",
+              "--dialogs", str(DATA / "shop_dialogs.jsonl"))
+    assert "fitting fusion weights" in out.stderr and "learned" in out.stderr
+    priors = InteractionPriors.load(data_dir / "catalogs" / "shop.priors.json.gz")
+    assert priors.scorer["features"] == list(FEATURES) and set(priors.weights) == set(FEATURES)
+    assert priors.dialogs == len((DATA / "shop_dialogs.jsonl").read_text().splitlines())
+
+
 def test_index_then_search_json() -> None:
     out = run("index", "--catalog", str(DATA / "products.csv"), "--name", "shop")
     assert "catalog 'shop': 20 items; embedded 20" in out.stdout

@@ -73,6 +73,23 @@ def test_constraints_and_change_of_mind(bot: Chatbot) -> None:
     assert all(bot.library.catalog("movies_small")[r.id].numbers["year"] <= 1990 for r in old.recommendations)
 
 
+def test_a_taste_ranks_a_request_filters_and_starting_over_forgets(bot: Chatbot) -> None:
+    sid = bot.create_session("movies_small").id
+    heat = _id(bot, "Heat (1995)")
+    first = bot.send(sid, "I loved Heat (1995). I like horror movies. What would you suggest?")
+    state = bot.get_session(sid)
+    assert "horror" in state.attributes["genre"] and not state.constraints.include  # told, not asked for
+    assert state.liked == [heat] and first.recommendations
+    bot.send(sid, "Let's start over")
+    state = bot.get_session(sid)
+    assert not (state.liked or state.attributes or state.wishes or state.preference)
+    assert state.constraints.is_empty() and len(state.recommended) == 3  # what was shown stays shown
+    comedy = bot.send(sid, "a comedy please")
+    assert bot.get_session(sid).constraints.include == {"genre": ["comedy"]}
+    assert comedy.recommendations and all("comedy" in _genres(bot, r.id) for r in comedy.recommendations)
+    assert not {r.id for r in comedy.recommendations} & {r.id for r in first.recommendations}
+
+
 def test_clarify_chitchat_and_bad_input(bot: Chatbot) -> None:
     sid = bot.create_session("movies_small").id
     assert bot.send(sid, "hello!").act == "chitchat"

@@ -86,6 +86,21 @@ def test_year_ranges(movies: MessageInterpreter) -> None:
     assert movies.interpret("anything before 1990", False).ranges == {"year": (None, 1990.0)}
 
 
+def test_only_what_is_asked_for_becomes_a_filter(movies: MessageInterpreter) -> None:
+    def requested(text: str) -> dict[str, bool]:
+        return {a.value: a.requested for a in movies.interpret(text, False).attributes}
+
+    assert requested("I want a comedy") == {"comedy": True}
+    assert requested("horror movies") == {"horror": True}
+    assert requested("Actually, I'd prefer a comedy") == {"comedy": True}
+    # Telling a taste is not asking for a filter: these stay soft preferences.
+    assert requested("I like comedies") == {"comedy": False}
+    assert requested("I like comedies. Any crime movies?") == {"comedy": False, "crime": True}
+    # A story about the past is no year filter; a request for a decade is.
+    assert movies.interpret("Growing up in the 80s I loved Jaws (1975)", False).ranges == {}
+    assert movies.interpret("I like thrillers, any from the 80s?", False).ranges == {"year": (1980.0, 1989.0)}
+
+
 def test_price_ranges_on_a_product_catalog(shop: MessageInterpreter) -> None:
     assert shop.interpret("I need a sturdy phone under $300", False).ranges == {"price": (None, 300.0)}
     assert shop.interpret("headphones between 50 and 150 dollars", False).ranges == {"price": (50.0, 150.0)}

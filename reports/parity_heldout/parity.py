@@ -4,7 +4,9 @@ The slice is the one `recchat train` holds out (stable hash, 10%); popularity an
 recounted without it. Run from the repository root with a data dir that has the `movies` index:
 ``RECCHAT_DATA_DIR=... python reports/parity_heldout/parity.py retrieval full full-ctx-novec ...``
 Mode words: ctx (retrieval's text), novec (no preference vector), nocons (attribute includes dropped),
-nodis (every mentioned item liked, none disliked), noexcl (no exclusions beyond liked).
+nodis (every mentioned item liked, none disliked),
+noinc / noxc / norng (only include, exclude or range constraints dropped), noexcl (no exclusions beyond liked),
+attrs (the retrieval view's attributes: every value named, liked or not).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from retrieval.candidates import CandidateGenerator, Constraints, Preferences
 from retrieval.dialogs import Turn, context_text
 from retrieval.fusion import preferences_for
 from retrieval.index import Library
-from retrieval.priors import InteractionPriors
 from retrieval.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,9 +37,7 @@ def main() -> None:
     dialogs = build.train_dialogs(ROOT.parent / "shared" / "datasets", catalog)
     held = [d for d in dialogs if heldout(d.id, 0.1)]
     base = library.priors("movies")
-    fresh = InteractionPriors.from_dialogs([d for d in dialogs if not heldout(d.id, 0.1)])
-    fresh.neighbours, fresh.weights, fresh.scorer = base.neighbours, base.weights, base.scorer
-    fresh.projection, fresh.projection_bias = base.projection, base.projection_bias
+    fresh = base.recounted([d for d in dialogs if not heldout(d.id, 0.1)])
     library.set_generator("movies", CandidateGenerator(catalog, library.store, library.embedder, fresh))
     print(len(held), "held-out dialogs", flush=True)
     dialogue = DialogueManager(library, None, lambda c, ch: TemplateJustifier())
@@ -48,12 +47,27 @@ def main() -> None:
             prefs, lm_context = original(self, context)
             if "nocons" in mode:
                 prefs.constraints = Constraints(exclude=prefs.constraints.exclude, ranges=prefs.constraints.ranges)
-            if "ctx" in mode:
+            if "noinc" in mode:
+                prefs.constraints = Constraints(exclude=prefs.constraints.exclude, ranges=prefs.constraints.ranges)
+                prefs.constraints.include, prefs.constraints.include_all = {}, {}
+            if "noxc" in mode:
+                prefs.constraints = Constraints(include=prefs.constraints.include,
+                                                include_all=prefs.constraints.include_all,
+                                                ranges=prefs.constraints.ranges)
+            if "norng" in mode:
+                prefs.constraints = Constraints(include=prefs.constraints.include,
+                                                include_all=prefs.constraints.include_all,
+                                                exclude=prefs.constraints.exclude)
+            if "ctxtext" in mode:
+                prefs.text = context_text(context)[0]
+            elif "ctx" in mode:
                 prefs.text, prefs.recent = context_text(context)
             if "novec" in mode:
-                prefs.vector = None
+                prefs.preference = None
             if "nodis" in mode:
                 prefs.liked, prefs.disliked = preferences_for(context, catalog, library.linker("movies")).liked, []
+            if "attrs" in mode:
+                prefs.attributes = preferences_for(context, catalog, library.linker("movies")).attributes
             if "noexcl" in mode:
                 prefs.exclude = []
             return prefs, lm_context
