@@ -42,8 +42,10 @@ DEFAULT_WEIGHTS = {
 # How much of a session's preference vector is mixed into its text query (which has unit length); 0.3 was
 # chosen on held-out training dialogs (0 and 0.3 measured; see reports/parity_heldout).
 PREFERENCE_BLEND = 0.3
+
 # Below this spread a signal is taken as constant in the data a `LearnedFusion` was fitted on.
 UNSEEN_STD = 1e-4
+
 # Count-like signals: their scale grows with the number of liked items, so the learned scorer reads log1p.
 COUNT_FEATURES = ("cooc", "follow", "neighbours")
 
@@ -190,7 +192,6 @@ class Preferences(BaseModel):
         description="A session's dense preference vector (item-embedding space), blended into the text query.",
     )
     text_vector: list[float] | None = Field(default=None, description="`text`, already encoded.")
-
     recent_vector: list[float] | None = Field(default=None, description="`recent`, already encoded.")
 
 
