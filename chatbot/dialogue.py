@@ -21,6 +21,7 @@ from chatbot.state import Message, Recommendation, SessionState
 from chatbot.understanding import MessageInterpreter, Understanding
 from retrieval.candidates import Candidate, CandidateGenerator, Constraints, Preferences
 from retrieval.catalog import Catalog, Item
+from retrieval.dialogs import CONTEXT_CHARS, Turn, context_text
 from retrieval.index import Library
 
 if TYPE_CHECKING:
@@ -399,13 +400,19 @@ class DialogueManager:
     def preferences(self, state: SessionState) -> Preferences:
         """The candidate generator's view of the session."""
         shown = [r.id for r in state.recommended]
-        # The user's own words, latest first (the embedding model reads the start of a long text), as the
+        # The user's own words, read as the retrieval view reads a conversation (`context_text`), which the
         # fusion was fitted on: stripping titles or negated clauses here measured worse on held-out dialogs.
-        said = [sanitise_text(m.text) for m in state.messages[state.context_start:] if m.role == "user"]
-        said = [text for text in said if text.strip()]
+        # Only the latest messages that fill the text are read: a long session is not rescanned every turn.
+        said: list[Turn] = []
+        for message in reversed(state.messages[state.context_start:]):
+            if message.role == "user" and (text := sanitise_text(message.text)).strip():
+                said.insert(0, Turn(role="user", text=text))
+                if sum(len(t.text) + 1 for t in said) > CONTEXT_CHARS:
+                    break
+        text, recent = context_text(said)
         return Preferences(
-            text=" ".join(reversed(said))[:1200],
-            recent=said[-1] if said else "",
+            text=text,
+            recent=recent,
             liked=list(state.liked),
             disliked=list(state.disliked),
             exclude=list(dict.fromkeys(shown + state.seen)),

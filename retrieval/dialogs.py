@@ -233,7 +233,10 @@ def iter_samples(dialogs: Iterable[Dialog]) -> Iterator[Sample]:
             mentioned.update(turn.items)
 
 
-def context_text(context: list[Turn], max_chars: int = 1200) -> tuple[str, str]:
+CONTEXT_CHARS = 1200  # the preference text's length: the embedding model reads little more
+
+
+def context_text(context: list[Turn], max_chars: int = CONTEXT_CHARS) -> tuple[str, str]:
     """(preference text, latest request) from a dialog context, most recent user words first.
 
     The embedding model reads only the start of a long text, so recent words go first.
