@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -485,21 +486,24 @@ class DialogueManager:
         likes = self.user_likes(state, tools.catalog)
         from chatbot.justify import JustificationRequest
 
-        for n, cand in enumerate(candidates, 1):
-            item = tools.catalog[cand.item_id]
-            head = f"{n}. {item.title}: "
-            sink(head)
-            pieces.append(head)
-            request = JustificationRequest(item=item, user_text=request_text, user_likes=likes)
-            chunks: list[str] = []
-            for chunk in tools.justifier.stream(request):
-                chunks.append(chunk)
-                sink(chunk)
-            justification = "".join(chunks).strip()
-            pieces.append(justification + "\n")
-            if n < len(candidates):
-                sink("\n")
-            items.append(ReplyItem(item.id, item.title, cand.score, justification, item.display()))
+        chosen = [tools.catalog[cand.item_id] for cand in candidates]
+        requests = [JustificationRequest(item=item, user_text=request_text, user_likes=likes) for item in chosen]
+        with ExitStack() as streams:
+            # All justifications are written together; the first streams live, the rest are read after it.
+            opened = [streams.enter_context(closing(s)) for s in tools.justifier.stream_all(requests)]
+            for n, (cand, item, stream) in enumerate(zip(candidates, chosen, opened, strict=True), 1):
+                head = f"{n}. {item.title}: "
+                sink(head)
+                pieces.append(head)
+                chunks: list[str] = []
+                for chunk in stream:
+                    chunks.append(chunk)
+                    sink(chunk)
+                justification = "".join(chunks).strip()
+                pieces.append(justification + "\n")
+                if n < len(candidates):
+                    sink("\n")
+                items.append(ReplyItem(item.id, item.title, cand.score, justification, item.display()))
         timings["generation"] = (time.perf_counter() - start) * 1000
         turn = sum(1 for m in state.messages if m.role == "user")
         for it in items:

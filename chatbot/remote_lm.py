@@ -333,6 +333,10 @@ class RemoteJustifier(LMJustifier):
     def remote(self) -> RemoteLanguageModel:
         return self.lm  # type: ignore[return-value]
 
+    def generate_all(self, requests: Sequence[JustificationRequest]) -> list[Iterator[str]]:
+        """One request to the server per justification, each sent when its stream is first read."""
+        return [self.generate(request) for request in requests]
+
     def generate(self, request: JustificationRequest) -> Iterator[str]:
         """Raw generated text pieces: the forced answer start, then the server's streamed text."""
         start = answer_start(request)

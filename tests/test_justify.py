@@ -121,3 +121,26 @@ def test_lm_justifier_falls_back_to_the_template(lm: LanguageModel, products: Ca
     assert "".join(pieces) == TemplateJustifier().justify(request)
     assert justifier.last_outcome == "fallback"
     assert len(justifier.raw(request).split()) > 3  # the LM did write something; it was rejected
+
+
+@pytest.mark.slow
+def test_justifications_written_together_match_those_written_alone(lm: LanguageModel, movies: Catalog) -> None:
+    checker = GroundingChecker(movies)
+    justifier = LMJustifier(lm, checker)
+    ids = list(movies.ids)[:3]
+    requests = [JustificationRequest(movies[i], "Something tense please. I loved The Departed.",
+                                     ["The Departed (2006)"]) for i in ids]
+    together = ["".join(stream) for stream in justifier.stream_all(requests)]
+    alone = [justifier.justify(request) for request in requests]
+    assert len(together) == 3 and all(text.strip() for text in together)
+    for text, request in zip(together, requests, strict=True):
+        assert check(checker, text, request) == []
+        assert text.startswith(("Since you like", "You may enjoy", TemplateJustifier().justify(request)[:10]))
+    # Left padding changes floating-point sums slightly, so greedy texts may part late; they start alike.
+    assert sum(a.split()[:6] == b.split()[:6] for a, b in zip(together, alone, strict=True)) >= 2
+    # A reader that stops early releases the model: the next generation does not wait for the batch.
+    streams = justifier.stream_all(requests)
+    next(streams[0])
+    for stream in streams:
+        stream.close()
+    assert justifier.justify(requests[0]) == alone[0]
