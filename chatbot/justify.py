@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -503,34 +503,20 @@ class LMJustifier:
 
     def generate(self, request: JustificationRequest) -> Iterator[str]:
         """Raw generated text pieces, streamed from a generation thread that holds the LM lock."""
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import TextIteratorStreamer
 
-        tokenizer, model = self.lm.tokenizer, self.lm.model
-        start = answer_start(request)
-        prompt = tokenizer.apply_chat_template(justification_prompt(request), add_generation_prompt=True,
-                                               tokenize=False) + start
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        input_ids = ids["input_ids"].to(self.lm.device)
+        starts, ids = self._prompts([request])
         cancel = threading.Event()
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        criteria = StoppingCriteriaList([_SentenceLimit(tokenizer, input_ids.shape[1], self.max_sentences,
-                                                        cancel)])
+        streamer = TextIteratorStreamer(self.lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                with self.lm.lock:
-                    model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(self.lm.device),
-                                   max_new_tokens=self.max_new_tokens, do_sample=False, streamer=streamer,
-                                   stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id)
-            except BaseException as exc:  # re-raised in the caller's thread below
-                errors.append(exc)
-                streamer.end()
+        def failed(exc: BaseException) -> None:  # re-raised in the caller's thread below
+            errors.append(exc)
+            streamer.end()
 
-        thread = threading.Thread(target=run, name="lm-justify", daemon=True)
-        thread.start()
+        thread = self._start(ids, streamer, cancel, failed)
         try:
-            yield start
+            yield starts[0]
             yield from streamer
         finally:
             cancel.set()  # a consumer that stops early also stops the generation
@@ -546,33 +532,40 @@ class LMJustifier:
         """
         if len(requests) <= 1:
             return [self.generate(request) for request in requests]
-        from transformers import StoppingCriteriaList
+        starts, ids = self._prompts(requests)
+        rows = _RowStreamer(self.lm.tokenizer, len(requests))
+        thread = self._start(ids, rows, rows.closed, rows.fail)  # errors are re-raised in every reader
+        return [rows.read(row, start, thread) for row, start in enumerate(starts)]
 
-        tokenizer, model = self.lm.tokenizer, self.lm.model
+    def _prompts(self, requests: Sequence[JustificationRequest]) -> tuple[list[str], Any]:
+        """The forced answer starts, and the tokenised prompts ending with them (padded on the left)."""
+        tokenizer = self.lm.tokenizer
         starts = [answer_start(request) for request in requests]
         prompts = [tokenizer.apply_chat_template(justification_prompt(request), add_generation_prompt=True,
                                                  tokenize=False) + start
                    for request, start in zip(requests, starts, strict=True)]
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"  # rows end where generation starts
-        try:
-            ids = tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True)
-        finally:
-            tokenizer.padding_side = side
-        input_ids = ids["input_ids"].to(self.lm.device)
-        rows = _RowStreamer(tokenizer, len(requests))
-        criteria = StoppingCriteriaList([_SentenceLimit(tokenizer, input_ids.shape[1], self.max_sentences,
-                                                        rows.closed)])
+        # Left padding: every row ends where its generation starts.
+        return starts, tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True,
+                                 padding_side="left")
+
+    def _start(self, ids: Any, streamer: Any, cancel: threading.Event | Sequence[threading.Event],
+               failed: Callable[[BaseException], None]) -> threading.Thread:
+        """Greedy generation in a thread that holds the LM lock, stopped per row by `_SentenceLimit`."""
+        from transformers import StoppingCriteriaList
+
+        tokenizer, model, device = self.lm.tokenizer, self.lm.model, self.lm.device
+        input_ids = ids["input_ids"].to(device)
+        criteria = StoppingCriteriaList([_SentenceLimit(tokenizer, input_ids.shape[1], self.max_sentences, cancel)])
 
         def run() -> None:
             try:
                 with self.lm.lock:
-                    model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(self.lm.device),
-                                   max_new_tokens=self.max_new_tokens, do_sample=False, streamer=rows,
+                    model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(device),
+                                   max_new_tokens=self.max_new_tokens, do_sample=False, streamer=streamer,
                                    stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id)
-            except BaseException as exc:  # re-raised in every reader's thread
-                rows.fail(exc)
+            except BaseException as exc:
+                failed(exc)
 
-        thread = threading.Thread(target=run, name="lm-justify-batch", daemon=True)
+        thread = threading.Thread(target=run, name="lm-justify", daemon=True)
         thread.start()
-        return [rows.read(row, start, thread) for row, start in enumerate(starts)]
+        return thread
