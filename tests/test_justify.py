@@ -126,7 +126,7 @@ def test_lm_justifier_falls_back_to_the_template(lm: LanguageModel, products: Ca
 @pytest.mark.slow
 def test_justifications_written_together_match_those_written_alone(lm: LanguageModel, movies: Catalog) -> None:
     checker = GroundingChecker(movies)
-    justifier = LMJustifier(lm, checker)
+    justifier = LMJustifier(lm, checker, max_new_tokens=24)  # short texts keep the test quick
     ids = list(movies.ids)[:3]
     requests = [JustificationRequest(movies[i], "Something tense please. I loved The Departed.",
                                      ["The Departed (2006)"]) for i in ids]
