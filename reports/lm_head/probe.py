@@ -11,7 +11,6 @@ score is fused with the retrieval and full-without-lm scores: z(base) + w * z(he
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import sys
 import time
@@ -21,10 +20,11 @@ import numpy as np
 
 from chatbot.finetune import heldout
 from retrieval.dialogs import iter_samples
-from retrieval.index import Library
-from retrieval.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "reports"))
+from heldout_slice import heldout_slice  # noqa: E402  (the reports folder is not a package)
+
 OUT = Path("/tmp/rc/lm_head")
 
 
@@ -33,24 +33,14 @@ def render(context: list) -> str:  # noqa: ANN001
     return "\n".join(lines)[-1500:]
 
 
-def setup():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("build", ROOT / "scripts" / "build_movies_catalog.py")
-    build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(build)  # type: ignore[union-attr]
-    settings = get_settings()
-    library = Library(settings, log=lambda m: None)
-    catalog = library.catalog("movies")
-    dialogs = build.train_dialogs(ROOT.parent / "shared" / "datasets", catalog)
-    return settings, library, catalog, dialogs
-
-
 def encode() -> None:
     import torch
 
     from chatbot.lm import LanguageModel
     from chatbot.ranking import ranking_prompt
 
-    settings, library, catalog, dialogs = setup()
+    data = heldout_slice()
+    settings, library, dialogs = data.settings, data.library, data.dialogs
     samples = list(iter_samples(dialogs))
     keys: dict[tuple[str, int], str] = {}
     for s in samples:
@@ -126,15 +116,13 @@ def fit() -> None:
     from chatbot.dialogue import DialogueManager
     from chatbot.justify import TemplateJustifier
     from eval.recommend import FullRecommender
-    from retrieval.candidates import CandidateGenerator
     from retrieval.fusion import preferences_for
 
-    settings, library, catalog, dialogs = setup()
+    sliced = heldout_slice()
+    library, catalog, dialogs = sliced.library, sliced.catalog, sliced.dialogs
+    generator = library.generator("movies")  # priors recounted without the held-out slice
     data = np.load(OUT / "states.npz")
     index = {k: n for n, k in enumerate(data["keys"].tolist())}
-    fresh = library.priors("movies").recounted([d for d in dialogs if not heldout(d.id, 0.1)])
-    generator = CandidateGenerator(catalog, library.store, library.embedder, fresh)
-    library.set_generator("movies", generator)
     items = generator.matrix.astype(np.float32)
     row = generator.row_of
     samples = [s for s in iter_samples(dialogs) if s.is_new and s.target in row]

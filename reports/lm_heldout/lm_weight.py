@@ -8,34 +8,24 @@ without it. Run from the repository root with a data dir that has the `movies` i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 from chatbot.dialogue import DialogueManager
-from chatbot.finetune import fit_lm_weight, heldout, heldout_metrics, score_heldout
+from chatbot.finetune import fit_lm_weight, heldout_metrics, score_heldout
 from chatbot.justify import TemplateJustifier
 from chatbot.lm import LanguageModel
 from chatbot.ranking import LMRanker
-from retrieval.candidates import CandidateGenerator
-from retrieval.index import Library
-from retrieval.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "reports"))
+from heldout_slice import heldout_slice  # noqa: E402  (the reports folder is not a package)
 
 
 def main() -> None:
-    spec = importlib.util.spec_from_file_location("build", ROOT / "scripts" / "build_movies_catalog.py")
-    build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(build)  # type: ignore[union-attr]
-    settings = get_settings()
-    library = Library(settings, log=lambda m: None)
-    catalog = library.catalog("movies")
-    dialogs = build.train_dialogs(ROOT.parent / "shared" / "datasets", catalog)
-    held = [d for d in dialogs if heldout(d.id, 0.1)]
-    fresh = library.priors("movies").recounted([d for d in dialogs if not heldout(d.id, 0.1)])
-    library.set_generator("movies", CandidateGenerator(catalog, library.store, library.embedder, fresh))
+    data = heldout_slice()
+    settings, library, held = data.settings, data.library, data.held
     lm = LanguageModel(settings)
     manager = DialogueManager(library, LMRanker(lm), lambda c, ch: TemplateJustifier())
     turns = score_heldout(manager, "movies", held, int(sys.argv[1]) if len(sys.argv) > 1 else 400)

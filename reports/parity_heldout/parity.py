@@ -11,34 +11,24 @@ attrs (the retrieval view's attributes: every value named, liked or not).
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 from chatbot.dialogue import DialogueManager
-from chatbot.finetune import heldout
 from chatbot.justify import TemplateJustifier
 from eval.recommend import FullRecommender, RetrievalRecommender, evaluate_recommender
-from retrieval.candidates import CandidateGenerator, Constraints, Preferences
+from retrieval.candidates import Constraints, Preferences
 from retrieval.dialogs import Turn, context_text
 from retrieval.fusion import preferences_for
-from retrieval.index import Library
-from retrieval.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "reports"))
+from heldout_slice import heldout_slice  # noqa: E402  (the reports folder is not a package)
 
 
 def main() -> None:
-    spec = importlib.util.spec_from_file_location("build", ROOT / "scripts" / "build_movies_catalog.py")
-    build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(build)  # type: ignore[union-attr]
-    library = Library(get_settings(), log=lambda m: None)
-    catalog = library.catalog("movies")
-    dialogs = build.train_dialogs(ROOT.parent / "shared" / "datasets", catalog)
-    held = [d for d in dialogs if heldout(d.id, 0.1)]
-    base = library.priors("movies")
-    fresh = base.recounted([d for d in dialogs if not heldout(d.id, 0.1)])
-    library.set_generator("movies", CandidateGenerator(catalog, library.store, library.embedder, fresh))
+    data = heldout_slice()
+    library, catalog, held = data.library, data.catalog, data.held
     print(len(held), "held-out dialogs", flush=True)
     dialogue = DialogueManager(library, None, lambda c, ch: TemplateJustifier())
     original = FullRecommender.inputs
