@@ -686,7 +686,11 @@ def run_training(
     log(f"data: {json.dumps(counts)}")
 
     base_settings = library.settings.model_copy(update={"adapter": "none"})
-    summary = train(LanguageModel(base_settings), library, examples, out, config, progress, log)
+    # Gradients of bfloat16 weights are too coarse for small LoRA updates on a CPU (no autocast there);
+    # a GPU trains bfloat16 weights under autocast. Scoring below uses the service's own dtype.
+    train_settings = (base_settings.model_copy(update={"lm_dtype": "float32"})
+                      if base_settings.resolved_device() == "cpu" else base_settings)
+    summary = train(LanguageModel(train_settings), library, examples, out, config, progress, log)
 
     result: dict[str, Any] = {"base_model": LanguageModel(base_settings).model_folder().name,
                               "config": asdict(config), "data": counts, "training": summary,

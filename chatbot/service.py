@@ -94,8 +94,8 @@ class Chatbot:
             if not self.use_lm:
                 return template
             if remote is not None:
-                return remote.justifier(checker, template)
-            return LMJustifier(self.lm, checker, template)
+                return remote.justifier(checker, template, max_sentences=self.settings.justification_sentences)
+            return LMJustifier(self.lm, checker, template, max_sentences=self.settings.justification_sentences)
 
         from chatbot.lm import lm_fusion_weight
 

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     lm_api_key: SecretStr = Field(default=SecretStr(""), description="Bearer key for lm_url, if it needs one.")
     lm_served_model: str = Field(default="recchat", description="The model name sent to lm_url.")
     lm_timeout_s: float = Field(default=30.0, gt=0, le=600, description="Timeout of one call to lm_url.")
+    lm_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="Weights and activations of the in-process LM; auto = bfloat16, which halves "
+        "the memory read per generated token (decoding three rows 2.3x faster on 2 CPU cores).")
+    lm_weight: float | None = Field(
+        default=None, ge=0, le=10, description="Weight of the LM score in the ranking fusion; empty = the weight "
+        "fitted with the adapter, or 0 for a model without one (the base SmolLM2-135M lowers held-out recall).")
+    justification_sentences: int = Field(
+        default=1, ge=1, le=3, description="Sentences the LM writes per recommendation, at most (each is checked "
+        "against the item's record); two take about 1.5x as long to write as one.")
     rank_candidates: int = Field(default=20, ge=0, le=200, description="Candidates the LM re-ranks (0 = off).")
     api_keys: SecretStr = Field(default=SecretStr(""), description="'key1:client,key2:admin'; empty = loopback only.")
     max_message_chars: int = Field(default=2000, ge=1, le=100_000)
@@ -65,6 +74,11 @@ class Settings(BaseSettings):
         import torch  # heavy: only when a model is about to be loaded
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+    def resolved_lm_dtype(self) -> str:
+        """``float32`` or ``bfloat16`` (what ``auto`` means: bfloat16 on every device)."""
+        return "bfloat16" if self.lm_dtype == "auto" else self.lm_dtype
 
 
 def _reject_unknown_env() -> None:

@@ -21,7 +21,8 @@ def test_packed_training_score_equals_the_ranker_score(settings, converted_lm, m
     from chatbot.lm import LanguageModel
     from chatbot.ranking import LMRanker
 
-    lm = LanguageModel(settings.model_copy(update={"lm_model": str(converted_lm), "adapter": "none"}))
+    lm = LanguageModel(settings.model_copy(update={"lm_model": str(converted_lm), "adapter": "none",
+                                                   "lm_dtype": "float32"}))  # compared to 1e-3
     ranker = LMRanker(lm)
     items = [movies_small[i] for i in movies_small.ids[:8]]
     context = "I like Heat. Something tense with a heist, not too violent"
@@ -128,7 +129,8 @@ def test_recchat_train_runs_resumes_and_writes_a_usable_adapter(products, conver
     from retrieval.settings import Settings
 
     assert lm_fusion_weight(Settings(adapter=str(out))) == meta["lm_weight"]
-    assert lm_fusion_weight(Settings(adapter="none")) == 0.5
+    assert lm_fusion_weight(Settings(adapter="none")) == 0.0  # the base model's fitted weight
+    assert lm_fusion_weight(Settings(adapter=str(out), lm_weight=0.75)) == 0.75  # the setting wins
     from chatbot.lm import LanguageModel
     from chatbot.ranking import LMRanker
     from retrieval.catalog import load_catalog

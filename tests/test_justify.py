@@ -35,7 +35,10 @@ def products() -> Catalog:
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory: pytest.TempPathFactory) -> LanguageModel:
     # The same session-wide data dir as tests/test_lm.py: whichever module runs first converts the GGUF.
-    model = LanguageModel(Settings(data_dir=tmp_path_factory.getbasetemp() / "recchat-lm", device="cpu"))
+    # float32: texts written in one batch are compared with texts written alone (bfloat16 rounding lets
+    # left padding change greedy texts early); the service's bfloat16 is exercised end to end.
+    model = LanguageModel(Settings(data_dir=tmp_path_factory.getbasetemp() / "recchat-lm", device="cpu",
+                                   lm_dtype="float32"))
     model.model  # noqa: B018
     return model
 

@@ -21,8 +21,12 @@ HORROR_COPY = HORROR.model_copy(update={"id": "zombies-2"})
 
 
 def lm_settings(base: Path) -> Settings:
-    """Settings whose data dir is shared by this session's LM tests, so GGUF conversion happens once."""
-    return Settings(data_dir=base / "recchat-lm", device="cpu")
+    """Settings whose data dir is shared by this session's LM tests, so GGUF conversion happens once.
+
+    float32: these tests compare scores computed in different layouts (packed, alone, after an adapter
+    swap) to 1e-5, which bfloat16's rounding does not allow; the service's bfloat16 runs end to end.
+    """
+    return Settings(data_dir=base / "recchat-lm", device="cpu", lm_dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +75,17 @@ def test_gguf_is_converted_once_and_the_cache_is_reused(lm: LanguageModel) -> No
 
 
 @pytest.mark.slow
-def test_lora_adapter_is_loaded_and_used_by_the_ranker(lm: LanguageModel, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_adapter_is_loaded_and_used_by_the_ranker(lm: LanguageModel, tmp_path: Path, dtype: str) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
     # A LoRA adapter with non-zero weights (peft's default init would be a no-op).
-    base = LanguageModel(lm.settings.model_copy(update={"adapter": "none"}))
+    base = LanguageModel(lm.settings.model_copy(update={"adapter": "none", "lm_dtype": "float32"}))
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(base.model, config).save_pretrained(tmp_path / "adapter")
 
-    tuned = LanguageModel(lm.settings.model_copy(update={"adapter": "none"}))
+    tuned = LanguageModel(lm.settings.model_copy(update={"adapter": "none", "lm_dtype": dtype}))
     before = LMRanker(tuned).score("a scary zombie film", [HORROR, SHARK])
     tuned.load_adapter(tmp_path / "adapter")
     assert tuned.adapter_path == str(tmp_path / "adapter")

@@ -38,7 +38,9 @@ CONTEXT = "I want a tense crime thriller with a heist. I liked Heat (1995)."
 
 @pytest.fixture(scope="module")
 def lm_settings(converted_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("remote-lm"), lm_model=str(converted_lm), device="cpu")
+    # float32: the server's log-probabilities are compared with the in-process ones to 2e-4.
+    return Settings(data_dir=tmp_path_factory.mktemp("remote-lm"), lm_model=str(converted_lm), device="cpu",
+                    lm_dtype="float32")
 
 
 @pytest.fixture(scope="module")
