@@ -2,7 +2,8 @@
 
 A *claim* is a piece of text that states a checkable fact: a number (years, prices, ratings, sizes),
 a term of the catalog's vocabulary (genres, people, brands, tags ... whatever list values and short
-strings the catalog has), the title of a catalog item, or a capitalised multi-word name. A claim is
+strings the catalog has), the title of a catalog item, a capitalised name (several words, or one word
+inside a sentence), or a relation or accolade (sequel, remake, based on, award, best-seller). A claim is
 *supported* when the item's record (title, field names, text, list values, numbers) or the user's
 own words contain it; numbers are compared numerically, so ``$1,299.99``, ``1299.99`` and
 ``$1,300`` (rounded) all match a record price of 1299.99.
@@ -63,6 +64,17 @@ _NUMBER_RE = re.compile(
 # ("S24", "G42") is a model number, not part of a name.
 _NAME_WORD = r"(?:[A-Z]\.|[A-ZÀ-ÖØ-ÞĀ-Ž][^\W\d_]*(?:['’\-][^\W\d_]+)*(?!\w))"
 _NAME_RE = re.compile(rf"{_NAME_WORD}(?:\s+{_NAME_WORD})+")
+# A capitalised word alone inside a sentence (the word before it is lower-case, the word after it is
+# not capitalised): a brand, studio or place the LM may have made up ("a Disney classic").
+_LONE_NAME_RE = re.compile(rf"(?<=\s)(?P<name>{_NAME_WORD})(?!\s+[A-ZÀ-ÖØ-ÞĀ-Ž])")
+_LOWER_WORD_BEFORE_RE = re.compile(r"(?:^|\s)[a-z][^\s]*\s+$")
+# What an item is derived from, related to or won: checkable facts, and a small LM's favourite inventions
+# ("it's a sequel to the film", "an award-winning drama"). Domain-free: products have awards and
+# best-sellers too.
+_RELATION_RE = re.compile(
+    r"\b(?:sequels?|prequels?|remakes?|reboots?|spin-?offs?|trilog(?:y|ies)|franchises?|adaptations?|adapted|"
+    r"based on|true story|awards?|award-winning|oscars?|emmys?|grammys?|golden globes?|nominat(?:ed|ions?)|"
+    r"best-?sell(?:ers?|ing))\b", re.IGNORECASE)
 _TOKEN_RE = re.compile(r"[^\W_]+")
 _POSSESSIVE_RE = re.compile(r"['’]s\b")
 _MAX_TERM_WORDS = 12
@@ -175,7 +187,11 @@ class GroundingChecker:
             self.short_titles.setdefault(" ".join(short), title)
 
     def claims(self, text: str) -> list[tuple[str, str]]:
-        """All checkable claims of a text as (kind, text) pairs; kind is number, decade, term, title or name."""
+        """All checkable claims of a text as (kind, text) pairs.
+
+        kind is number, decade, term, title, name (a capitalised run, or a capitalised word alone inside a
+        sentence) or relation (sequel, remake, adaptation, award ...).
+        """
         found: list[tuple[str, str]] = []
         for match in _NUMBER_RE.finditer(text):
             if re.search(r"\bout of\s*$", text[: match.start()], re.IGNORECASE):
@@ -195,6 +211,12 @@ class GroundingChecker:
                 found.append(("title", gram))
         for match in _NAME_RE.finditer(text):
             found += [("name", name) for name in _name_runs(match.group(0))]
+        for match in _LONE_NAME_RE.finditer(text):
+            name = _POSSESSIVE_RE.sub("", match.group("name"))
+            if (_LOWER_WORD_BEFORE_RE.search(text[max(0, match.start() - 40):match.start()])
+                    and name.lower() not in COMMON_WORDS and len(name) > 1):
+                found.append(("name", name))
+        found += [("relation", match.group(0)) for match in _RELATION_RE.finditer(text)]
         return list(dict.fromkeys(found))
 
     def unsupported_claims(self, text: str, item: Item, user_text: str = "") -> list[str]:
@@ -206,6 +228,7 @@ class GroundingChecker:
         record = record_text(item)
         support = normalise(record) + " \n " + normalise(user_text)
         known_numbers = [*item.numbers.values(), *numbers_in(record), *numbers_in(user_text)]
+        stemmed_support = " ".join(stem(w) for w in support.split())
         out: dict[str, str] = {}
         for kind, claim in self.claims(text):
             if kind == "number":
@@ -215,6 +238,8 @@ class GroundingChecker:
                 ok = _decade_supported(int(claim[:-1]), known_numbers)
             else:
                 ok = _contains(support, normalise(claim))
+                if not ok and kind in ("relation", "name"):  # "Oscars" in the record supports "an Oscar"
+                    ok = _contains(stemmed_support, " ".join(stem(w) for w in normalise(claim).split()))
             if not ok:
                 out.setdefault(normalise(claim) or claim, claim)
         # "Toy Story" inside "Toy Story (1995)" is one claim, not two.

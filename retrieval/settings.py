@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     Unknown ``RECCHAT_*`` variables are rejected, so a typo fails at start-up instead of being ignored.
     """
 
-    model_config = SettingsConfigDict(env_prefix="RECCHAT_", extra="forbid", frozen=True, hide_input_in_errors=True)
+    # An empty variable means the default (as for the URL settings), also for number settings such as lm_weight.
+    model_config = SettingsConfigDict(env_prefix="RECCHAT_", extra="forbid", frozen=True, hide_input_in_errors=True,
+                                      env_ignore_empty=True)
 
     data_dir: Path = Field(default=Path(".recchat"), description="Where indexes, catalogs and sessions live.")
     chroma_url: str = Field(default="", description="Chroma server URL; empty means embedded PersistentClient.")
@@ -74,7 +76,6 @@ class Settings(BaseSettings):
         import torch  # heavy: only when a model is about to be loaded
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-
 
     def resolved_lm_dtype(self) -> str:
         """``float32`` or ``bfloat16`` (what ``auto`` means: bfloat16 on every device)."""

@@ -72,6 +72,17 @@ def test_user_words_support_claims(movie_checker: GroundingChecker, movies: Cata
     assert movie_checker.unsupported_claims(text, heat, user_text=f"I loved {other.title} and Tom Hanks") == []
 
 
+def test_invented_relations_awards_and_lone_names_are_caught(movie_checker: GroundingChecker, heat: Item) -> None:
+    check = movie_checker.unsupported_claims
+    assert check("You may enjoy Heat (1995) because it's a sequel to the film.", heat) == ["sequel"]
+    assert check("It is an award-winning remake.", heat) == ["award", "remake"]
+    assert check("It is a Disney classic set in Paris.", heat) == ["Disney", "Paris"]
+    # Supported by the record (Pacino, the LAPD of the plot) or by the user's words (a sequel, Oscars).
+    assert check("It has Pacino chasing thieves for the LAPD.", heat) == []
+    assert check("It won an Oscar, like the sequel you mentioned.", heat,
+                 user_text="I want a sequel that won Oscars") == []
+
+
 def test_ordinary_capitalised_words_are_not_claims(movie_checker: GroundingChecker, heat: Item) -> None:
     text = "I Think You Will Love It. On Monday Night, Heat is the one. Enjoy It In December!"
     assert movie_checker.unsupported_claims(text, heat) == []

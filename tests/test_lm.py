@@ -87,6 +87,7 @@ def test_lora_adapter_is_loaded_and_used_by_the_ranker(lm: LanguageModel, tmp_pa
 
     tuned = LanguageModel(lm.settings.model_copy(update={"adapter": "none", "lm_dtype": dtype}))
     before = LMRanker(tuned).score("a scary zombie film", [HORROR, SHARK])
+    assert next(tuned.model.parameters()).dtype == getattr(torch, dtype)
     tuned.load_adapter(tmp_path / "adapter")
     assert tuned.adapter_path == str(tmp_path / "adapter")
     after = LMRanker(tuned).score("a scary zombie film", [HORROR, SHARK])
@@ -96,6 +97,24 @@ def test_lora_adapter_is_loaded_and_used_by_the_ranker(lm: LanguageModel, tmp_pa
     assert LMRanker(tuned).score("a scary zombie film", [HORROR, SHARK]) == pytest.approx(after, abs=1e-5)
     with pytest.raises(LanguageModelError):
         tuned.load_adapter(tmp_path)
+
+
+def test_lm_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from chatbot.lm import lm_fusion_weight
+
+    assert Settings().resolved_lm_dtype() == "bfloat16"  # auto
+    monkeypatch.setenv("RECCHAT_LM_WEIGHT", "")  # empty means the default: no adapter, so weight 0
+    assert Settings().lm_weight is None and lm_fusion_weight(Settings(adapter="none")) == 0.0
+    monkeypatch.setenv("RECCHAT_LM_WEIGHT", "0.3")
+    assert lm_fusion_weight(Settings(adapter="none")) == 0.3
+    for name, value in (("RECCHAT_LM_WEIGHT", "-1"), ("RECCHAT_LM_DTYPE", "float16"),
+                        ("RECCHAT_JUSTIFICATION_SENTENCES", "0")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValidationError):
+            Settings()
+        monkeypatch.delenv(name)
 
 
 def test_candidate_text_uses_title_and_key_attributes_of_any_schema() -> None:
