@@ -108,7 +108,8 @@ def main() -> None:
 
     args.out.write_text(json.dumps(report, indent=2) + "\n")  # what is done so far survives a later failure
     checker = GroundingChecker(movies)
-    justifier = LMJustifier(gpu, checker)
+    sentences = Settings().justification_sentences  # the service's default
+    justifier = LMJustifier(gpu, checker, max_sentences=sentences)
     first_ms, total_ms, outcomes, examples = [], [], {"lm": 0, "fallback": 0}, []
     for k, (text, likes) in enumerate(REQUESTS):
         requests = [JustificationRequest(movies[i], text, likes) for i in heads[k][:3]]
@@ -129,7 +130,27 @@ def main() -> None:
                     alone = justifier.justify(request)
                     outcomes["fallback" if justifier.last_outcome == "fallback" else "lm"] += 1
                     examples.append({"item": request.item.title, "together": written, "alone": alone})
-    report["justification"] = {"recommendations": 3, "first_piece_ms": pct(first_ms), "all_three_ms": pct(total_ms),
+    # The same three prompts through plain `generate` (no streamer, no stopping rule), 1 and 48 new tokens:
+    # what a token costs the model itself, apart from this code's per-token work.
+    _, ids = justifier._prompts([JustificationRequest(movies[i], REQUESTS[0][0], REQUESTS[0][1])
+                                 for i in heads[0][:3]])
+    ids = {k: v.to(gpu.device) for k, v in ids.items()}
+    raw: dict[int, list[float]] = {1: [], 48: []}
+    with torch.inference_mode():
+        for _ in range(5):
+            for n in raw:
+                sync()
+                t = time.perf_counter()
+                gpu.model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                   pad_token_id=gpu.tokenizer.pad_token_id)
+                sync()
+                raw[n].append((time.perf_counter() - t) * 1000)
+    per_token = (statistics.median(raw[48]) - statistics.median(raw[1])) / 47
+    report["plain_generate_3_rows"] = {"prompt_tokens": int(ids["input_ids"].shape[1]),
+                                       "1_token_ms": pct(raw[1]), "48_tokens_ms": pct(raw[48]),
+                                       "ms_per_token": round(per_token, 1)}
+    report["justification"] = {"recommendations": 3, "sentences": sentences,
+                               "first_piece_ms": pct(first_ms), "all_three_ms": pct(total_ms),
                                "outcomes_alone": outcomes, "examples": examples[:6]}
 
     args.out.write_text(json.dumps(report, indent=2) + "\n")
