@@ -39,6 +39,9 @@ class TurnBench:
     first_token_ms: dict[str, float]
     split_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     recommend_total_ms: dict[str, float] = field(default_factory=dict)
+    # Recommendation turns only: the first piece of the first item's justification (the reply's opening
+    # line and the item's title line stream before it).
+    first_justification_ms: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def bench_turns(
     totals: list[float] = []
     firsts: list[float] = []
     rec_totals: list[float] = []
+    first_justifications: list[float] = []
     stages: dict[str, list[float]] = {"understand": [], "retrieval": [], "ranking": [], "generation": []}
     session = None
     for n in range(turns):
@@ -63,17 +67,27 @@ def bench_turns(
                 bot.delete_session(session)
             session = bot.create_session(name).id
         first: list[float] = []
+        justified: list[float] = []  # [time of the first justification piece], after the "1. " title line
+        heads: list[str] = []
         start = time.perf_counter()
 
-        def on_token(piece: str, start: float = start, first: list[float] = first) -> None:
+        def on_token(piece: str, start: float = start, first: list[float] = first,
+                     justified: list[float] = justified, heads: list[str] = heads) -> None:
+            now = (time.perf_counter() - start) * 1000
             if not first and piece.strip():
-                first.append((time.perf_counter() - start) * 1000)
+                first.append(now)
+            if heads and not justified and piece.strip():
+                justified.append(now)
+            if piece.startswith("1. "):
+                heads.append(piece)
 
         reply = bot.send(session, script[n % len(script)], on_token=on_token)
         totals.append((time.perf_counter() - start) * 1000)
         firsts.append(first[0] if first else totals[-1])
         if reply.act == "recommend":
             rec_totals.append(totals[-1])
+            if justified:
+                first_justifications.append(justified[0])
         for stage in stages:
             if stage in reply.timings_ms:
                 stages[stage].append(reply.timings_ms[stage])
@@ -86,7 +100,9 @@ def bench_turns(
     device = bot.lm.device if bot.use_lm else "cpu"
     return TurnBench(turns=turns, recommend_turns=len(rec_totals), total_ms=summary(totals),
                      first_token_ms=summary(firsts), split_ms={k: summary(v) for k, v in stages.items() if v},
-                     recommend_total_ms=summary(rec_totals), device=device)
+                     recommend_total_ms=summary(rec_totals),
+                     first_justification_ms=summary(first_justifications) if first_justifications else {},
+                     device=device)
 
 
 SEARCH_QUERIES = (

@@ -1,4 +1,4 @@
-"""`recchat bench load` and `recchat bench retrieval`: they run and report sane figures (no timing asserts)."""
+"""`recchat bench turn`, `load` and `retrieval`: they run and report sane figures (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,19 @@ def test_bench_retrieval_uses_the_real_catalog_vectors(movies_small: Catalog, tm
     assert "$contains" in json.dumps(report["where"]) and 0 < report["where_matching_items"] <= 30
     assert report["filtered_results"] == report["where_matching_items"]
     assert report["recall_at_k"] == 1.0  # k > items: everything comes back
+
+
+def test_bench_turn_reports_each_stage_and_the_first_justification(movies_small: Catalog, tmp_path: Path) -> None:
+    out = tmp_path / "turn.json"
+    run_cli("bench", "turn", "--catalog", "movies_small", "--turns", "5", "--no-lm", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["turns"] == 5 and 0 < report["recommend_turns"] <= 5
+    assert 0 < report["total_ms"]["p50"] <= report["total_ms"]["p95"]
+    assert {"understand", "retrieval", "generation"} <= set(report["split_ms"])
+    # The opening line streams first; the first item's justification follows its "1. title" line.
+    first, justified = report["first_token_ms"], report["first_justification_ms"]
+    assert first["n"] == 5 and first["p50"] > 0
+    assert justified["n"] == report["recommend_turns"] and 0 < justified["p50"] <= report["recommend_total_ms"]["p95"]
 
 
 @pytest.fixture
