@@ -66,8 +66,7 @@ _NAME_WORD = r"(?:[A-Z]\.|[A-ZÀ-ÖØ-ÞĀ-Ž][^\W\d_]*(?:['’\-][^\W\d_]+)*(?!
 _NAME_RE = re.compile(rf"{_NAME_WORD}(?:\s+{_NAME_WORD})+")
 # A capitalised word alone inside a sentence (the word before it is lower-case, the word after it is
 # not capitalised): a brand, studio or place the LM may have made up ("a Disney classic").
-_LONE_NAME_RE = re.compile(rf"(?<=\s)(?P<name>{_NAME_WORD})(?!\s+[A-ZÀ-ÖØ-ÞĀ-Ž])")
-_LOWER_WORD_BEFORE_RE = re.compile(r"(?:^|\s)[a-z][^\s]*\s+$")
+_LONE_NAME_RE = re.compile(rf"(?:^|\s)[a-z]\S*\s+(?P<name>{_NAME_WORD})(?!\s+[A-ZÀ-ÖØ-ÞĀ-Ž])")
 # What an item is derived from, related to or won: checkable facts, and a small LM's favourite inventions
 # ("it's a sequel to the film", "an award-winning drama"). Domain-free: products have awards and
 # best-sellers too.
@@ -213,8 +212,7 @@ class GroundingChecker:
             found += [("name", name) for name in _name_runs(match.group(0))]
         for match in _LONE_NAME_RE.finditer(text):
             name = _POSSESSIVE_RE.sub("", match.group("name"))
-            if (_LOWER_WORD_BEFORE_RE.search(text[max(0, match.start() - 40):match.start()])
-                    and name.lower() not in COMMON_WORDS and len(name) > 1):
+            if name.lower() not in COMMON_WORDS and len(name) > 1:
                 found.append(("name", name))
         found += [("relation", match.group(0)) for match in _RELATION_RE.finditer(text)]
         return list(dict.fromkeys(found))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -277,13 +277,9 @@ def answer_start(request: JustificationRequest) -> str:
 
 
 class _SentenceLimit:
-    """Stopping criterion per row: stop after ``limit`` complete sentences, or when the row is cancelled.
+    """Stopping criterion per row: stop after ``limit`` complete sentences, or when the row's event is set."""
 
-    ``cancel`` is one event for a single row, or one per row of a batch.
-    """
-
-    def __init__(self, tokenizer: Any, prompt_len: int, limit: int,
-                 cancel: threading.Event | Sequence[threading.Event]) -> None:
+    def __init__(self, tokenizer: Any, prompt_len: int, limit: int, cancel: Sequence[threading.Event]) -> None:
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.limit = limit
@@ -292,9 +288,8 @@ class _SentenceLimit:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        events = [self.cancel] * input_ids.shape[0] if isinstance(self.cancel, threading.Event) else self.cancel
         done = [event.is_set() or self._sentences(row) >= self.limit
-                for event, row in zip(events, input_ids, strict=True)]
+                for event, row in zip(self.cancel, input_ids, strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _sentences(self, row: Any) -> int:
@@ -308,10 +303,10 @@ class _SentenceLimit:
 
 
 class _RowStreamer:
-    """A `transformers` streamer for a batch: each row's new text goes to that row's queue.
+    """A `transformers` streamer for a batch (one row or more): each row's new text goes to that row's queue.
 
     Text is decoded from the row's whole output each step and only a settled suffix is sent, so a
-    multi-token character or word is never split wrongly (as `TextIteratorStreamer` does for one row).
+    multi-token character is never split.
     """
 
     _END = object()
@@ -502,27 +497,11 @@ class LMJustifier:
         return "".join(self.generate(request)).strip()
 
     def generate(self, request: JustificationRequest) -> Iterator[str]:
-        """Raw generated text pieces, streamed from a generation thread that holds the LM lock."""
-        from transformers import TextIteratorStreamer
+        """Raw generated text pieces, streamed from a generation thread that holds the LM lock.
 
-        starts, ids = self._prompts([request])
-        cancel = threading.Event()
-        streamer = TextIteratorStreamer(self.lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        errors: list[BaseException] = []
-
-        def failed(exc: BaseException) -> None:  # re-raised in the caller's thread below
-            errors.append(exc)
-            streamer.end()
-
-        thread = self._start(ids, streamer, cancel, failed)
-        try:
-            yield starts[0]
-            yield from streamer
-        finally:
-            cancel.set()  # a consumer that stops early also stops the generation
-            thread.join()
-        if errors:
-            raise errors[0]
+        Closing the iterator early stops the generation; an error in the thread is raised here.
+        """
+        return self._generate_rows([request])[0]
 
     def generate_all(self, requests: Sequence[JustificationRequest]) -> list[Iterator[str]]:
         """Raw generated text pieces per request, from one batched generation (see `stream_all`).
@@ -530,11 +509,12 @@ class LMJustifier:
         The generation thread starts at once and holds the LM lock until every row has stopped: after
         ``max_sentences`` sentences, at the token limit, or when its reader closes its iterator.
         """
-        if len(requests) <= 1:
-            return [self.generate(request) for request in requests]
+        return self._generate_rows(requests) if requests else []
+
+    def _generate_rows(self, requests: Sequence[JustificationRequest]) -> list[Iterator[str]]:
         starts, ids = self._prompts(requests)
         rows = _RowStreamer(self.lm.tokenizer, len(requests))
-        thread = self._start(ids, rows, rows.closed, rows.fail)  # errors are re-raised in every reader
+        thread = self._start(ids, rows)  # errors are re-raised in every reader
         return [rows.read(row, start, thread) for row, start in enumerate(starts)]
 
     def _prompts(self, requests: Sequence[JustificationRequest]) -> tuple[list[str], Any]:
@@ -548,23 +528,23 @@ class LMJustifier:
         return starts, tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True,
                                  padding_side="left")
 
-    def _start(self, ids: Any, streamer: Any, cancel: threading.Event | Sequence[threading.Event],
-               failed: Callable[[BaseException], None]) -> threading.Thread:
+    def _start(self, ids: Any, rows: _RowStreamer) -> threading.Thread:
         """Greedy generation in a thread that holds the LM lock, stopped per row by `_SentenceLimit`."""
         from transformers import StoppingCriteriaList
 
         tokenizer, model, device = self.lm.tokenizer, self.lm.model, self.lm.device
         input_ids = ids["input_ids"].to(device)
-        criteria = StoppingCriteriaList([_SentenceLimit(tokenizer, input_ids.shape[1], self.max_sentences, cancel)])
+        criteria = StoppingCriteriaList([_SentenceLimit(tokenizer, input_ids.shape[1], self.max_sentences,
+                                                        rows.closed)])
 
         def run() -> None:
             try:
                 with self.lm.lock:
                     model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(device),
-                                   max_new_tokens=self.max_new_tokens, do_sample=False, streamer=streamer,
+                                   max_new_tokens=self.max_new_tokens, do_sample=False, streamer=rows,
                                    stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id)
             except BaseException as exc:
-                failed(exc)
+                rows.fail(exc)
 
         thread = threading.Thread(target=run, name="lm-justify", daemon=True)
         thread.start()
