@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, wait
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +25,7 @@ from chatbot.grounding import (
     unsafe_value,
 )
 from chatbot.ranking import SYSTEM_PROMPT as RANKING_SYSTEM_PROMPT
+from retrieval import model_thread
 from retrieval.catalog import MAX_SHORT_STRING, Item
 
 if TYPE_CHECKING:
@@ -343,19 +345,19 @@ class _RowStreamer:
         self.error = exc
         self.end()
 
-    def read(self, row: int, start: str, thread: threading.Thread) -> Iterator[str]:
+    def read(self, row: int, start: str, job: Future[None]) -> Iterator[str]:
         """Row ``row``'s pieces: the forced answer start, then its text as generated."""
-        return _RowReader(self, row, start, thread)
+        return _RowReader(self, row, start, job)
 
 
 class _RowReader(Iterator[str]):
     """One row of a `_RowStreamer`; closing it (even before the first read) stops that row's generation."""
 
-    def __init__(self, rows: _RowStreamer, row: int, start: str, thread: threading.Thread) -> None:
+    def __init__(self, rows: _RowStreamer, row: int, start: str, job: Future[None]) -> None:
         self.rows = rows
         self.row = row
         self.start: str | None = start
-        self.thread = thread
+        self.job = job
         self.done = False
 
     def __next__(self) -> str:
@@ -376,7 +378,7 @@ class _RowReader(Iterator[str]):
         self.done = True
         self.rows.closed[self.row].set()
         if all(event.is_set() for event in self.rows.closed):
-            self.thread.join()
+            wait([self.job])
 
 
 class _ClosingStream(Iterator[str]):
@@ -478,7 +480,7 @@ class LMJustifier:
                         break
                 if emitted >= self.max_sentences:
                     buffer = ""
-                    break  # closing() stops the generation thread
+                    break  # closing() stops the generation
         tail = " ".join(buffer.split())
         if tail and emitted < self.max_sentences and _FINAL_END_RE.search(tail):
             if rejected(tail):
@@ -497,25 +499,25 @@ class LMJustifier:
         return "".join(self.generate(request)).strip()
 
     def generate(self, request: JustificationRequest) -> Iterator[str]:
-        """Raw generated text pieces, streamed from a generation thread that holds the LM lock.
+        """Raw generated text pieces, streamed from a generation on the model thread (holding the LM lock).
 
-        Closing the iterator early stops the generation; an error in the thread is raised here.
+        Closing the iterator early stops the generation; an error in it is raised here.
         """
         return self._generate_rows([request])[0]
 
     def generate_all(self, requests: Sequence[JustificationRequest]) -> list[Iterator[str]]:
         """Raw generated text pieces per request, from one batched generation (see `stream_all`).
 
-        The generation thread starts at once and holds the LM lock until every row has stopped: after
-        ``max_sentences`` sentences, at the token limit, or when its reader closes its iterator.
+        The generation starts as soon as the model thread is free, and holds the LM lock until every row
+        has stopped: after ``max_sentences`` sentences, at the token limit, or when its reader closes it.
         """
         return self._generate_rows(requests) if requests else []
 
     def _generate_rows(self, requests: Sequence[JustificationRequest]) -> list[Iterator[str]]:
         starts, ids = self._prompts(requests)
         rows = _RowStreamer(self.lm.tokenizer, len(requests))
-        thread = self._start(ids, rows)  # errors are re-raised in every reader
-        return [rows.read(row, start, thread) for row, start in enumerate(starts)]
+        job = self._start(ids, rows)  # errors are re-raised in every reader
+        return [rows.read(row, start, job) for row, start in enumerate(starts)]
 
     def _prompts(self, requests: Sequence[JustificationRequest]) -> tuple[list[str], Any]:
         """The forced answer starts, and the tokenised prompts ending with them (padded on the left)."""
@@ -528,8 +530,12 @@ class LMJustifier:
         return starts, tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True,
                                  padding_side="left")
 
-    def _start(self, ids: Any, rows: _RowStreamer) -> threading.Thread:
-        """Greedy generation in a thread that holds the LM lock, stopped per row by `_SentenceLimit`."""
+    def _start(self, ids: Any, rows: _RowStreamer) -> Future[None]:
+        """Greedy generation on the model thread, holding the LM lock, stopped per row by `_SentenceLimit`.
+
+        The model thread (`retrieval.model_thread`) runs one job at a time; a generation whose readers
+        were all closed while it waited for its turn does not start.
+        """
         from transformers import StoppingCriteriaList
 
         tokenizer, model, device = self.lm.tokenizer, self.lm.model, self.lm.device
@@ -538,6 +544,9 @@ class LMJustifier:
                                                         rows.closed)])
 
         def run() -> None:
+            if all(event.is_set() for event in rows.closed):
+                rows.end()
+                return
             try:
                 with self.lm.lock:
                     model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(device),
@@ -546,6 +555,4 @@ class LMJustifier:
             except BaseException as exc:
                 rows.fail(exc)
 
-        thread = threading.Thread(target=run, name="lm-justify", daemon=True)
-        thread.start()
-        return thread
+        return model_thread.submit(run)

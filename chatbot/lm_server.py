@@ -25,12 +25,15 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
+from retrieval import model_thread
 
 if TYPE_CHECKING:
     import torch
@@ -306,7 +309,7 @@ def generate_text(lm: LanguageModel, choice: _Choice, max_tokens: int, stops: Se
                   cancel: threading.Event | None = None) -> Iterator[str]:
     """Greedy continuation of ``choice.prompt_ids`` as text deltas; fills ``choice.text/ids/finish_reason``.
 
-    The generation runs in a thread that holds the LM lock; closing this iterator (or setting ``cancel``)
+    The generation runs on the model thread and holds the LM lock; closing this iterator (or setting ``cancel``)
     stops it at the next token. A delta never ends inside a multi-byte character, and text that might
     be the start of a stop string is held back until it is known not to be one.
     """
@@ -331,8 +334,7 @@ def generate_text(lm: LanguageModel, choice: _Choice, max_tokens: int, stops: Se
             errors.append(exc)
             streamer.end()
 
-    thread = threading.Thread(target=run, name="lm-serve-generate", daemon=True)
-    thread.start()
+    job = model_thread.submit(run)  # like all model work of the process (see `retrieval.model_thread`)
     holdback = max((len(s) for s in stops), default=1) - 1
     sent = 0
     stopped = False
@@ -364,7 +366,7 @@ def generate_text(lm: LanguageModel, choice: _Choice, max_tokens: int, stops: Se
                 yield choice.text[sent:]
     finally:
         cancel.set()  # a reader that stops early (client gone) stops the generation too
-        thread.join()
+        wait([job])
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -455,9 +457,8 @@ class CompletionServer:
         if req.logprobs is not None:
             for choice in choices:
                 choice.ids = self._kept_ids(choice)
-            with self.lm.lock:
-                scores = sequence_logprobs(self.lm, [c.prompt_ids + c.ids for c in choices], req.logprobs,
-                                           self.limits.max_tokens_per_pass)
+            scores = model_thread.call(self._locked_logprobs, [c.prompt_ids + c.ids for c in choices],
+                                       req.logprobs)
         out = []
         for k, choice in enumerate(choices):
             text = choice.prompt + choice.text if req.echo else choice.text
@@ -470,6 +471,10 @@ class CompletionServer:
                 "model": self.served_model, "choices": out,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
+
+    def _locked_logprobs(self, seqs: list[list[int]], top: int) -> list[TokenScores]:
+        with self.lm.lock:
+            return sequence_logprobs(self.lm, seqs, top, self.limits.max_tokens_per_pass)
 
     def _kept_ids(self, choice: _Choice) -> list[int]:
         """The generated ids that make up ``choice.text`` (a stop string may have cut the text short)."""

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from retrieval import model_thread
 from retrieval.catalog import MAX_SHORT_STRING, Item
 
 if TYPE_CHECKING:
@@ -128,10 +129,17 @@ class LMRanker:
         """Mean continuation log-probability per item (a float <= 0; higher is better)."""
         if not items:
             return []
-        import torch
-
         prompt = self.prompt_ids(context)
         continuations = [self.item_ids(item) for item in items]
+        # On the model thread, like every torch computation of the process (see `retrieval.model_thread`).
+        sums = model_thread.call(self._score_all, prompt, continuations)
+        return [total / len(ids) if math.isfinite(total) else -1e9
+                for total, ids in zip(sums, continuations, strict=True)]
+
+    def _score_all(self, prompt: list[int], continuations: list[list[int]]) -> list[float]:
+        """Summed log-probabilities of every continuation after ``prompt``."""
+        import torch
+
         model, device = self.lm.model, self.lm.device
         sums: list[float] = []
         with self.lm.lock, torch.inference_mode():
@@ -149,8 +157,7 @@ class LMRanker:
                     chunk = []
                 chunk.append(ids)
             sums += self._score_packed(model, layers, first, chunk, len(prompt))
-        return [total / len(ids) if math.isfinite(total) else -1e9
-                for total, ids in zip(sums, continuations, strict=True)]
+        return sums
 
     def _score_packed(self, model: torch.nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]],
                       first: torch.Tensor, chunk: list[list[int]], prompt_len: int) -> list[float]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from retrieval import model_thread
 from retrieval.settings import Settings
 
 
@@ -48,13 +49,10 @@ class Embedder:
         """Encode texts to an (n, d) float32 array of unit vectors."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress,
-        )
+        model = self.model
+        # On the model thread, like every torch computation of the process (see `retrieval.model_thread`).
+        vectors = model_thread.call(model.encode, list(texts), batch_size=self.batch_size,
+                                    normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress)
         return np.asarray(vectors, dtype=np.float32)
 
     def encode_one(self, text: str) -> np.ndarray:
