@@ -148,10 +148,8 @@ class TemplateJustifier:
         self.max_numbers = max_numbers
         self.max_text_chars = max_text_chars
 
-    def sentences(self, request: JustificationRequest) -> list[str]:
-        """The one or two sentences of the justification."""
-        item = sanitise_item(request.item)  # what the record says, never what it orders
-        matched = overlap(item, request.user_likes)
+    def key_attributes(self, item: Item, matched: Sequence[tuple[str, str, str]]) -> list[tuple[str, list[str]]]:
+        """(field label, values) of the record to quote: fields with something the user likes first."""
         fields: dict[str, list[str]] = {}
         for _, name, value in matched:  # overlapping fields first, matched values first
             fields.setdefault(name, [])
@@ -167,15 +165,32 @@ class TemplateJustifier:
                 break
             if len(value) <= MAX_SHORT_STRING and not _SKIP_FIELD_RE.search(name) and name not in fields:
                 fields[name] = [value]
-        parts = []
+        out = []
         for name, first in fields.items():
             rest = [v for v in item.lists.get(name, []) if v not in first]
-            values = (first + rest)[: max(self.max_values, len(first))]
-            parts.append(f"{_field_label(name)}: {', '.join(values)}")
-        numbers = [f"{_field_label(name)}: {_format_number(value)}" for name, value in item.numbers.items()
+            out.append((_field_label(name), (first + rest)[: max(self.max_values, len(first))]))
+        numbers = [(_field_label(name), [_format_number(value)]) for name, value in item.numbers.items()
                    if not _SKIP_FIELD_RE.search(name) and _format_number(value) not in item.title]
-        parts += numbers[: self.max_numbers]
+        return out + numbers[: self.max_numbers]
 
+    def reason(self, request: JustificationRequest) -> str:
+        """An end for a sentence left at "... because": the record's key attributes, or "" if it has none.
+
+        >>> TemplateJustifier().reason(JustificationRequest(heat, "", ["action"]))  # doctest: +SKIP
+        ' of its genre (action, crime, drama) and director (Michael Mann).'
+        """
+        item = sanitise_item(request.item)
+        attributes = self.key_attributes(item, overlap(item, request.user_likes))
+        if not attributes:
+            return ""
+        quoted = [f"{label} ({', '.join(values)})" for label, values in attributes]
+        return f" of its {_join(quoted)}."
+
+    def sentences(self, request: JustificationRequest) -> list[str]:
+        """The one or two sentences of the justification."""
+        item = sanitise_item(request.item)  # what the record says, never what it orders
+        matched = overlap(item, request.user_likes)
+        parts = [f"{label}: {', '.join(values)}" for label, values in self.key_attributes(item, matched)]
         liked = list(dict.fromkeys(like.strip() for like, _, _ in matched))
         if liked:
             head = f"Since you like {_join(liked[:3])}, {item.title} fits"
@@ -396,6 +411,19 @@ class _ClosingStream(Iterator[str]):
         self.pieces.close()  # type: ignore[attr-defined]
 
 
+# A clause ends at , ; or : followed by whitespace ("1,000" and "4:3" stay whole).
+_CLAUSE_END_RE = re.compile(r"[,;:](?=\s)")
+
+
+def _boundaries(text: str, start: int) -> list[tuple[int, int, bool]]:
+    """Clause and sentence ends in ``text`` after ``start``: (end of the clause's words, end of its
+    delimiter, whether it ends a sentence). A sentence's end punctuation belongs to its words."""
+    found = [(end, end, True) for end in sentence_ends(text) if end > start]
+    found += [(m.start(), m.end(), False) for m in _CLAUSE_END_RE.finditer(text, start)
+              if m.start() > start]
+    return sorted(found)
+
+
 def split_sentences(text: str) -> tuple[list[str], str]:
     """Complete sentences of ``text`` (whitespace collapsed) and the unfinished rest (as is)."""
     sentences: list[str] = []
@@ -448,11 +476,18 @@ class LMJustifier:
                 for request, pieces in zip(requests, self.generate_all(requests), strict=True)]
 
     def checked(self, request: JustificationRequest, pieces: Iterator[str]) -> Iterator[str]:
-        """Grounded sentences of generated ``pieces`` as soon as each is complete, else the template text.
+        """Grounded text of generated ``pieces``, clause by clause as each passes the check.
 
-        A sentence is also dropped when `GroundingChecker.injected` objects: it carries chat tokens,
-        a link, an instruction, words of an injected part of the record or of the user's text, or
-        quotes a system prompt. Facts count only from the cleaned record and the cleaned user text.
+        The forced answer start (`answer_start`: the user's likes and the item's title) is sent at once
+        when the template can finish it. After it, text is sent up to each clause end (``,`` ``;`` ``:``)
+        or sentence end once the sentence so far has no claim that `GroundingChecker.unsupported_claims`
+        finds unsupported and nothing `GroundingChecker.injected` objects to (chat tokens, a link, an
+        instruction, words of an injected part of the record or user text, a system prompt). The
+        delimiter goes out with the clause after it. A clause that fails ends its sentence where the
+        last good clause ended (with "." or, if only the start was sent, with the template's
+        `TemplateJustifier.reason`); a sentence that fails before anything of it was sent is dropped,
+        and so is an unfinished last clause. If nothing is sent, the template text is. Facts count only
+        from the cleaned record and the cleaned user text.
         """
         raw_support = " ".join([request.user_text, *request.user_likes])
         support = " ".join([sanitise_text(request.user_text), *_safe_likes(request.user_likes)])
@@ -463,34 +498,80 @@ class LMJustifier:
                         or self.checker.injected(sentence, request.item, raw_support,
                                                  (SYSTEM_PROMPT, RANKING_SYSTEM_PROMPT)))
 
-        emitted = 0
-        dropped = 0
-        buffer = ""
+        start = answer_start(request)
+        reason = self.fallback.reason(request) if not rejected(start) else ""
+        text = ""  # everything generated so far
+        sentence_from = 0  # where the current sentence starts in ``text``
+        done = 0  # ``text`` before this offset is decided (sent, or skipped)
+        sent = ""  # what was sent of the current sentence (whitespace collapsed)
+        skipping = False  # the current sentence failed: skip to its end
+        emitted = dropped = 0  # complete sentences sent; clauses or sentences rejected
+        only_template = True  # nothing the LM wrote was sent
+
+        def send(upto: int) -> str:
+            nonlocal sent, only_template
+            candidate = " ".join(text[sentence_from:upto].split())
+            piece = candidate[len(sent):]
+            if sent != "" or candidate != " ".join(start.split()):
+                only_template = False
+            piece = piece if sent or emitted == 0 else " " + piece
+            sent = candidate
+            return piece
+
+        def close() -> str:
+            """The end of a sentence cut after its last good clause."""
+            nonlocal sent, emitted
+            ending = reason if sent == " ".join(start.split()) else "."
+            sent = ""
+            emitted += 1
+            return ending
+
         with closing(pieces) as pieces:
             for piece in pieces:
-                buffer += piece
-                sentences, buffer = split_sentences(buffer)
-                for sentence in sentences:
-                    if rejected(sentence):
-                        dropped += 1
+                text += piece
+                if done == 0 and text.startswith(start):
+                    done = len(start)  # no clause ends inside the forced start
+                    if reason:
+                        yield send(done)  # sent before the model has written a word
+                for clause_end, boundary_end, ends_sentence in _boundaries(text, done):
+                    done = boundary_end
+                    if skipping:
+                        if ends_sentence:
+                            skipping, sentence_from = False, boundary_end
                         continue
-                    yield sentence if emitted == 0 else " " + sentence
-                    emitted += 1
+                    if rejected(" ".join(text[sentence_from:clause_end].split())):
+                        dropped += 1
+                        skipping = not ends_sentence
+                        if sent:
+                            yield close()
+                        sentence_from = boundary_end
+                    else:
+                        piece = send(clause_end)
+                        if piece.strip():
+                            yield piece
+                        if ends_sentence:
+                            emitted += 1
+                            sent, sentence_from = "", boundary_end
                     if emitted >= self.max_sentences:
                         break
                 if emitted >= self.max_sentences:
-                    buffer = ""
                     break  # closing() stops the generation
-        tail = " ".join(buffer.split())
-        if tail and emitted < self.max_sentences and _FINAL_END_RE.search(tail):
-            if rejected(tail):
-                dropped += 1
-            else:
-                yield tail if emitted == 0 else " " + tail
+        tail = " ".join(text[sentence_from:].split())
+        if emitted < self.max_sentences and not skipping and tail:
+            if _FINAL_END_RE.search(tail) and not rejected(tail):
+                piece = send(len(text))
+                if piece.strip():
+                    yield piece
                 emitted += 1
+            else:  # an unfinished last clause (the token limit), or a rejected last sentence
+                dropped += 1
+                if sent:
+                    yield close()
         if emitted == 0:
             self.last_outcome = "fallback"
             yield from self.fallback.stream(request)
+        elif only_template:
+            self.last_outcome = "fallback"
         else:
             self.last_outcome = "partial" if dropped else "lm"
 

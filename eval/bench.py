@@ -42,6 +42,9 @@ class TurnBench:
     # Recommendation turns only: the first piece of the first item's justification (the reply's opening
     # line and the item's title line stream before it).
     first_justification_ms: dict[str, float] = field(default_factory=dict)
+    # Recommendation turns only: the first words of the first justification that the LM wrote (the
+    # justification's forced start, "... because", goes out before the model has written anything).
+    first_generated_ms: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,6 +62,7 @@ def bench_turns(
     firsts: list[float] = []
     rec_totals: list[float] = []
     first_justifications: list[float] = []
+    first_generated: list[float] = []
     stages: dict[str, list[float]] = {"understand": [], "retrieval": [], "ranking": [], "generation": []}
     session = None
     for n in range(turns):
@@ -68,16 +72,20 @@ def bench_turns(
             session = bot.create_session(name).id
         first: list[float] = []
         justified: list[float] = []  # [time of the first justification piece], after the "1. " title line
+        generated: list[float] = []  # [time of its first piece that is not the forced start]
         heads: list[str] = []
         start = time.perf_counter()
 
-        def on_token(piece: str, start: float = start, first: list[float] = first,
-                     justified: list[float] = justified, heads: list[str] = heads) -> None:
+        def on_token(piece: str, start: float = start, first: list[float] = first, justified: list[float] = justified,
+                     generated: list[float] = generated, heads: list[str] = heads) -> None:
             now = (time.perf_counter() - start) * 1000
             if not first and piece.strip():
                 first.append(now)
-            if heads and not justified and piece.strip():
-                justified.append(now)
+            if heads and not generated and piece.strip():
+                if justified or not piece.rstrip().endswith(" because"):
+                    generated.append(now)
+                if not justified:
+                    justified.append(now)
             if piece.startswith("1. "):
                 heads.append(piece)
 
@@ -88,6 +96,8 @@ def bench_turns(
             rec_totals.append(totals[-1])
             if justified:
                 first_justifications.append(justified[0])
+            if generated:
+                first_generated.append(generated[0])
         for stage in stages:
             if stage in reply.timings_ms:
                 stages[stage].append(reply.timings_ms[stage])
@@ -102,6 +112,7 @@ def bench_turns(
                      first_token_ms=summary(firsts), split_ms={k: summary(v) for k, v in stages.items() if v},
                      recommend_total_ms=summary(rec_totals),
                      first_justification_ms=summary(first_justifications) if first_justifications else {},
+                     first_generated_ms=summary(first_generated) if first_generated else {},
                      device=device)
 
 

@@ -89,6 +89,8 @@ def test_bench_turn_reports_each_stage_and_the_first_justification(movies_small:
     first, justified = report["first_token_ms"], report["first_justification_ms"]
     assert first["n"] == 5 and first["p50"] > 0
     assert justified["n"] == report["recommend_turns"] and 0 < justified["p50"] <= report["recommend_total_ms"]["p95"]
+    # Templates have no forced start: their first piece is already the written text.
+    assert report["first_generated_ms"] == justified
 
 
 @pytest.fixture
