@@ -246,11 +246,12 @@ def _quoted(text: str) -> str:
 
 
 def justification_prompt(request: JustificationRequest, max_text_chars: int = 300) -> list[dict[str, str]]:
-    """Chat messages for the LM: the item's own record (nothing else) and the user's likes.
+    """Chat messages for the LM: the user's likes and words, then the item's own record (nothing else).
 
-    Record and user text are untrusted: chat-template tokens, forged turns and sentences that give orders
-    are removed first (`chatbot.grounding.scan`), so that they can neither close the system turn nor
-    steer the model; free text is quoted.
+    What the user said comes first, so that the prompts of one reply's items share their opening and
+    `LMJustifier` computes it once. Record and user text are untrusted: chat-template tokens, forged
+    turns and sentences that give orders are removed first (`chatbot.grounding.scan`), so that they can
+    neither close the system turn nor steer the model; free text is quoted.
     """
     item = sanitise_item(request.item)
     lines = [f"Item: {item.title}"]
@@ -265,11 +266,12 @@ def justification_prompt(request: JustificationRequest, max_text_chars: int = 30
             shown = _shorten(value, max_text_chars)
             lines.append(f"{_field_label(name)}: {_quoted(shown) if len(shown) > MAX_SHORT_STRING else shown}")
     likes = ", ".join(_safe_likes(request.user_likes)) or "not stated"
-    user = "\n".join(lines) + f"\n\nThe user likes: {likes}\n"
+    user = f"The user likes: {likes}\n"
     said = sanitise_text(request.user_text)
     if said:
         user += f"The user said: {_quoted(said[-300:])}\n"
-    user += f"\nIn one or two sentences, tell the user why {item.title} fits what they like."
+    user += "\n" + "\n".join(lines)
+    user += f"\n\nIn one or two sentences, tell the user why {item.title} fits what they like."
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -436,6 +438,40 @@ def split_sentences(text: str) -> tuple[list[str], str]:
     return sentences, text[start:]
 
 
+# Below this many shared tokens, computing the shared prefix once is not worth a separate pass.
+_MIN_SHARED_PREFIX = 16
+
+
+def _batch_inputs(model: Any, prompts: list[list[int]], pad_id: int, device: str) -> dict[str, Any]:
+    """``generate`` inputs for prompts written side by side; the caller holds the LM lock.
+
+    The prompts share their opening (system prompt, the user's likes and words: see
+    `justification_prompt`), so that part runs once and its key/value cache is copied to every row.
+    Each row's own part follows, padded on its left: ``[shared][pad...][own]``, masked, with positions
+    counted over unmasked tokens only, so each row computes what it would alone.
+    """
+    import torch
+
+    shared = 0
+    shortest = min(len(ids) for ids in prompts)
+    while shared < shortest - 1 and len({ids[shared] for ids in prompts}) == 1:
+        shared += 1
+    if len(prompts) < 2 or shared < _MIN_SHARED_PREFIX:
+        shared = 0
+    own = [ids[shared:] for ids in prompts]
+    width = max(len(ids) for ids in own)
+    prefix = prompts[0][:shared]
+    input_ids = torch.tensor([prefix + [pad_id] * (width - len(ids)) + ids for ids in own], device=device)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(ids)) + [1] * len(ids) for ids in own], device=device)
+    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+    if shared:
+        with torch.no_grad():  # not inference_mode: `generate` goes on appending to this cache
+            cache = model(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(prompts))
+        inputs["cache"] = cache
+    return inputs
+
+
 class LMJustifier:
     """`Justifier` that lets the language model write, then keeps only grounded sentences.
 
@@ -600,18 +636,16 @@ class LMJustifier:
         job = self._start(ids, rows)  # errors are re-raised in every reader
         return [rows.read(row, start, job) for row, start in enumerate(starts)]
 
-    def _prompts(self, requests: Sequence[JustificationRequest]) -> tuple[list[str], Any]:
-        """The forced answer starts, and the tokenised prompts ending with them (padded on the left)."""
+    def _prompts(self, requests: Sequence[JustificationRequest]) -> tuple[list[str], list[list[int]]]:
+        """The forced answer starts, and each prompt's token ids (ending with its start)."""
         tokenizer = self.lm.tokenizer
         starts = [answer_start(request) for request in requests]
         prompts = [tokenizer.apply_chat_template(justification_prompt(request), add_generation_prompt=True,
                                                  tokenize=False) + start
                    for request, start in zip(requests, starts, strict=True)]
-        # Left padding: every row ends where its generation starts.
-        return starts, tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True,
-                                 padding_side="left")
+        return starts, [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
 
-    def _start(self, ids: Any, rows: _RowStreamer) -> Future[None]:
+    def _start(self, prompts: list[list[int]], rows: _RowStreamer) -> Future[None]:
         """Greedy generation on the model thread, holding the LM lock, stopped per row by `_SentenceLimit`.
 
         The model thread (`retrieval.model_thread`) runs one job at a time; a generation whose readers
@@ -620,9 +654,6 @@ class LMJustifier:
         from transformers import StoppingCriteriaList
 
         tokenizer, model, device = self.lm.tokenizer, self.lm.model, self.lm.device
-        input_ids = ids["input_ids"].to(device)
-        criteria = StoppingCriteriaList([_SentenceLimit(tokenizer, input_ids.shape[1], self.max_sentences,
-                                                        rows.closed)])
 
         def run() -> None:
             if all(event.is_set() for event in rows.closed):
@@ -630,9 +661,12 @@ class LMJustifier:
                 return
             try:
                 with self.lm.lock:
-                    model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(device),
-                                   max_new_tokens=self.max_new_tokens, do_sample=False, streamer=rows,
-                                   stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id)
+                    inputs = _batch_inputs(model, prompts, tokenizer.pad_token_id, device)
+                    criteria = _SentenceLimit(tokenizer, inputs["input_ids"].shape[1], self.max_sentences,
+                                              rows.closed)
+                    model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, streamer=rows,
+                                   stopping_criteria=StoppingCriteriaList([criteria]),
+                                   pad_token_id=tokenizer.pad_token_id)
             except BaseException as exc:
                 rows.fail(exc)
 

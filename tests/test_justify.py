@@ -147,3 +147,28 @@ def test_justifications_written_together_match_those_written_alone(lm: LanguageM
     for stream in streams:
         stream.close()
     assert justifier.justify(requests[0]) == alone[0]
+
+
+@pytest.mark.slow
+def test_the_shared_opening_of_a_batch_runs_once_and_changes_nothing(lm: LanguageModel, movies: Catalog) -> None:
+    from chatbot import justify
+
+    justifier = LMJustifier(lm, GroundingChecker(movies))
+    requests = [JustificationRequest(movies[i], "Something tense please. I loved The Departed.",
+                                     ["The Departed (2006)"]) for i in list(movies.ids)[:3]]
+    _, prompts = justifier._prompts(requests)
+    shared = justify._batch_inputs(lm.model, prompts, lm.tokenizer.pad_token_id, lm.device)
+    # The system prompt and the user's words open every prompt; each item's record follows.
+    assert shared["cache"].get_seq_length() > justify._MIN_SHARED_PREFIX
+    plain = justify._batch_inputs(lm.model, prompts[:1], lm.tokenizer.pad_token_id, lm.device)
+    assert "cache" not in plain  # one row: nothing to share
+
+    def texts(inputs: dict) -> list[str]:
+        out = lm.model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+        return lm.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    with lm.lock:
+        together = texts(shared)
+        alone = [texts(justify._batch_inputs(lm.model, [ids], lm.tokenizer.pad_token_id, lm.device))[0]
+                 for ids in prompts]
+    assert together == alone and all(text.strip() for text in together)
