@@ -174,17 +174,30 @@ class TemplateJustifier:
         return out + numbers[: self.max_numbers]
 
     def reason(self, request: JustificationRequest) -> str:
-        """An end for a sentence left at "... because": the record's key attributes, or "" if it has none.
+        """An end for a sentence left at "... because", or "" if the record has no attributes to quote.
+
+        The record's key attributes, then (as in `sentences`) the start of its main free-text field.
 
         >>> TemplateJustifier().reason(JustificationRequest(heat, "", ["action"]))  # doctest: +SKIP
-        ' of its genre (action, crime, drama) and director (Michael Mann).'
+        ' of its genre (action, crime, drama) and director (Michael Mann). Plot: A group of ...'
         """
         item = sanitise_item(request.item)
         attributes = self.key_attributes(item, overlap(item, request.user_likes))
         if not attributes:
             return ""
         quoted = [f"{label} ({', '.join(values)})" for label, values in attributes]
-        return f" of its {_join(quoted)}."
+        main = self.main_text_sentence(item)
+        return f" of its {_join(quoted)}." + (f" {main}" if main else "")
+
+    def main_text_sentence(self, item: Item) -> str:
+        """"Plot: <its first sentence>" for the item's main free-text field, or "" if it has none."""
+        main = main_text_field(item)
+        if main is None:
+            return ""
+        snippet = _shorten(main[1], self.max_text_chars).rstrip()
+        if snippet and snippet[-1] not in ".!?":
+            snippet += "."
+        return f"{_field_label(main[0]).capitalize()}: {snippet}" if snippet else ""
 
     def sentences(self, request: JustificationRequest) -> list[str]:
         """The one or two sentences of the justification."""
@@ -197,14 +210,8 @@ class TemplateJustifier:
         else:
             head = f"{item.title} could suit you"
         first_sentence = f"{head}: {'; '.join(parts)}." if parts else f"{head}."
-        out = [first_sentence]
-        main = main_text_field(item)
-        if main is not None:
-            snippet = _shorten(main[1], self.max_text_chars).rstrip()
-            if snippet and snippet[-1] not in ".!?":
-                snippet += "."
-            out.append(f"{_field_label(main[0]).capitalize()}: {snippet}")
-        return out
+        main = self.main_text_sentence(item)
+        return [first_sentence, main] if main else [first_sentence]
 
     def justify(self, request: JustificationRequest) -> str:
         """The justification text (one or two sentences)."""
