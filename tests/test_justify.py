@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -172,3 +172,40 @@ def test_the_shared_opening_of_a_batch_runs_once_and_changes_nothing(lm: Languag
         alone = [texts(justify._batch_inputs(lm.model, [ids], lm.tokenizer.pad_token_id, lm.device))[0]
                  for ids in prompts]
     assert together == alone and all(text.strip() for text in together)
+
+
+def _scripted(start: str, *written: str) -> Iterator[str]:
+    """What a generation yields: the forced start, then the model's pieces (here fixed, to test the check)."""
+    yield start
+    yield from written
+
+
+@pytest.mark.parametrize(("written", "sentences", "expected", "outcome"), [
+    # Every clause passes: the model's text goes out clause by clause, its delimiter with the next clause.
+    ((" it is", " a tense", " crime film, with", " a great cast. It", " also"), 1,
+     [" it is a tense crime film", ", with a great cast."], "lm"),
+    # An invented director ends the sentence where the last good clause ended.
+    ((" it is a crime film, directed by Steven Spielberg, with a twist. More",), 1,
+     [" it is a crime film", "."], "partial"),
+    # Nothing of the model's survives: the template finishes the sentence from the record.
+    ((" it was directed by Steven Spielberg, and it is great.",), 1, ["REASON"], "fallback"),
+    # A sentence cut by the token limit loses its unfinished clause.
+    ((" it is a crime film, and", " it won"), 1, [" it is a crime film", "."], "partial"),
+    # Two sentences: an unsupported one in between is dropped whole.
+    ((" it is a crime film. It won an Oscar. It is tense.",), 2, [" it is a crime film.", " It is tense."],
+     "partial"),
+])
+def test_lm_text_streams_clause_by_clause_once_grounded(movies: Catalog, written: tuple[str, ...], sentences: int,
+                                                        expected: list[str], outcome: str) -> None:
+    checker = GroundingChecker(movies)
+    request = JustificationRequest(movies["176314"], "I want a tense crime film.", ["crime"])
+    justifier = LMJustifier(None, checker, max_sentences=sentences)  # type: ignore[arg-type] - no LM runs
+    start = answer_start(request)
+    pieces = list(justifier.checked(request, _scripted(start, *written)))
+    reason = TemplateJustifier().reason(request)
+    assert pieces[0] == start  # sent before the model's first word
+    assert pieces[1:] == [reason if piece == "REASON" else piece for piece in expected]
+    assert justifier.last_outcome == outcome
+    assert check(checker, "".join(pieces), request) == []
+    assert reason.startswith(" of its genre (crime, action, drama), director (Michael Mann)")
+    assert "Plot: A group of high-end professional thieves" in reason
