@@ -473,7 +473,7 @@ def _batch_inputs(model: Any, prompts: list[list[int]], pad_id: int, device: str
     inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
     if shared:
         with torch.no_grad():  # not inference_mode: `generate` goes on appending to this cache
-            cache = model(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
+            cache = model(input_ids=input_ids[:1, :shared], use_cache=True).cache
         cache.batch_repeat_interleave(len(prompts))
         inputs["cache"] = cache
     return inputs
