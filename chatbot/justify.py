@@ -433,18 +433,6 @@ def _boundaries(text: str, start: int) -> list[tuple[int, int, bool]]:
     return sorted(found)
 
 
-def split_sentences(text: str) -> tuple[list[str], str]:
-    """Complete sentences of ``text`` (whitespace collapsed) and the unfinished rest (as is)."""
-    sentences: list[str] = []
-    start = 0
-    for end in sentence_ends(text):
-        sentence = " ".join(text[start:end].split())
-        if sentence:
-            sentences.append(sentence)
-        start = end
-    return sentences, text[start:]
-
-
 # Below this many shared tokens, computing the shared prefix once is not worth a separate pass.
 _MIN_SHARED_PREFIX = 16
 
@@ -480,14 +468,15 @@ def _batch_inputs(model: Any, prompts: list[list[int]], pad_id: int, device: str
 
 
 class LMJustifier:
-    """`Justifier` that lets the language model write, then keeps only grounded sentences.
+    """`Justifier` that lets the language model write, then keeps only grounded text.
 
-    Greedy decoding of at most ``max_new_tokens`` tokens, stopped after the second sentence. The text
-    is checked sentence by sentence as it is generated: a sentence is emitted only when
-    `GroundingChecker.unsupported_claims` finds nothing in it (support: the item's record, the user's
-    words and likes); a sentence with an invented fact is dropped, and an unfinished last sentence
-    (cut by the token limit) is dropped too. If no sentence survives, the template text is emitted
-    instead. `justify` is the concatenation of `stream`, so both always agree.
+    Greedy decoding of at most ``max_new_tokens`` tokens, stopped after ``max_sentences`` sentences,
+    from a forced start ("Since you like X, you may enjoy Y because"). The text is checked clause by
+    clause as it is generated (see `checked`): text goes out only once `GroundingChecker` finds no
+    unsupported claim in its sentence so far (support: the item's record, the user's words and likes);
+    a clause with an invented fact ends its sentence, and an unfinished last clause (cut by the token
+    limit) is dropped. If nothing survives, the template's text is used. `justify` is the
+    concatenation of `stream`, so both always agree.
     """
 
     def __init__(self, lm: LanguageModel, checker: GroundingChecker,

@@ -11,10 +11,10 @@ from chatbot.justify import (
     JustificationRequest,
     LMJustifier,
     TemplateJustifier,
+    _boundaries,
     answer_start,
     justification_prompt,
     overlap,
-    split_sentences,
 )
 from chatbot.lm import LanguageModel
 from retrieval.catalog import Catalog, Item, load_catalog
@@ -96,9 +96,14 @@ def test_overlap_and_prompt_are_schema_free(products: Catalog) -> None:
         "Since you like rugged, you may enjoy Nokia G42 5G because")
 
 
-def test_split_sentences_keeps_decimals_and_spaces() -> None:
-    assert split_sentences("It is rated 4.5 today. It costs $12. And th") == (
-        ["It is rated 4.5 today.", "It costs $12."], " And th")
+def test_clause_and_sentence_ends_keep_decimals_and_thousands() -> None:
+    text = "It is rated 4.5 today, costs $1,000: fine. Dr. No is 4:3; And th"
+    ends = [(text[:words], ends_sentence) for words, _, ends_sentence in _boundaries(text, 0)]
+    assert ends == [("It is rated 4.5 today", False), ("It is rated 4.5 today, costs $1,000", False),
+                    ("It is rated 4.5 today, costs $1,000: fine.", True),
+                    ("It is rated 4.5 today, costs $1,000: fine. Dr. No is 4:3", False)]
+    after_first = [text[:words] for words, _, _ in _boundaries(text, len("It is rated 4.5 today,"))]
+    assert after_first == [text for text, _ in ends[1:]]
 
 
 @pytest.mark.slow
