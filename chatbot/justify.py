@@ -24,6 +24,7 @@ from chatbot.grounding import (
     stem,
     unsafe_value,
 )
+from chatbot.lm import MIN_SHARED_PREFIX, shared_prefix_length
 from chatbot.ranking import SYSTEM_PROMPT as RANKING_SYSTEM_PROMPT
 from retrieval import model_thread
 from retrieval.catalog import MAX_SHORT_STRING, Item
@@ -433,10 +434,6 @@ def _boundaries(text: str, start: int) -> list[tuple[int, int, bool]]:
     return sorted(found)
 
 
-# Below this many shared tokens, computing the shared prefix once is not worth a separate pass.
-_MIN_SHARED_PREFIX = 16
-
-
 def _batch_inputs(model: Any, prompts: list[list[int]], pad_id: int, device: str) -> dict[str, Any]:
     """``generate`` inputs for prompts written side by side; the caller holds the LM lock.
 
@@ -447,11 +444,8 @@ def _batch_inputs(model: Any, prompts: list[list[int]], pad_id: int, device: str
     """
     import torch
 
-    shared = 0
-    shortest = min(len(ids) for ids in prompts)
-    while shared < shortest - 1 and len({ids[shared] for ids in prompts}) == 1:
-        shared += 1
-    if len(prompts) < 2 or shared < _MIN_SHARED_PREFIX:
+    shared = shared_prefix_length(prompts)
+    if len(prompts) < 2 or shared < MIN_SHARED_PREFIX:
         shared = 0
     own = [ids[shared:] for ids in prompts]
     width = max(len(ids) for ids in own)
@@ -531,6 +525,7 @@ class LMJustifier:
                                                  (SYSTEM_PROMPT, RANKING_SYSTEM_PROMPT)))
 
         start = answer_start(request)
+        start_text = " ".join(start.split())
         reason = self.fallback.reason(request) if not rejected(start) else ""
         text = ""  # everything generated so far
         sentence_from = 0  # where the current sentence starts in ``text``
@@ -544,7 +539,7 @@ class LMJustifier:
             nonlocal sent, only_template
             candidate = " ".join(text[sentence_from:upto].split())
             piece = candidate[len(sent):]
-            if sent != "" or candidate != " ".join(start.split()):
+            if sent != "" or candidate != start_text:
                 only_template = False
             piece = piece if sent or emitted == 0 else " " + piece
             sent = candidate
@@ -553,7 +548,7 @@ class LMJustifier:
         def close() -> str:
             """The end of a sentence cut after its last good clause."""
             nonlocal sent, emitted
-            ending = reason if sent == " ".join(start.split()) else "."
+            ending = reason if sent == start_text else "."
             sent = ""
             emitted += 1
             return ending

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,19 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "adapter"
 _SOURCE_MARKER = "recchat-source.json"
 ADAPTER_META = "recchat.json"  # what `recchat train` writes next to the adapter: fusion weight, figures
+
+
+# Below this many shared tokens, running the prompts' shared opening once is not worth a separate pass.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all ``seqs`` share, leaving every sequence at least one token of its own."""
+    first, shortest = seqs[0], min(len(s) for s in seqs)
+    for i in range(shortest - 1):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return max(shortest - 1, 0)
 
 
 class LanguageModelError(RuntimeError):

@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from chatbot.lm import MIN_SHARED_PREFIX, shared_prefix_length
 from retrieval import model_thread
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 # JSON has no -inf; vLLM clamps impossible tokens' log-probabilities to this value too.
 MIN_LOGPROB = -9999.0
-# Below this many shared tokens a padded batch is as cheap as running the prefix once.
-_MIN_SHARED_PREFIX = 8
 
 
 @dataclass(frozen=True)
@@ -145,16 +144,6 @@ def _score_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tens
     return values, tops
 
 
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        token = first[i]
-        if any(s[i] != token for s in seqs):
-            return i
-    return n
-
-
 def sequence_logprobs(lm: LanguageModel, seqs: Sequence[Sequence[int]], top: int = 0,
                       max_tokens_per_pass: int = 512) -> list[TokenScores]:
     """Log p(token t | tokens < t) for every token of every sequence (and the ``top`` best alternatives).
@@ -169,9 +158,9 @@ def sequence_logprobs(lm: LanguageModel, seqs: Sequence[Sequence[int]], top: int
         raise ValueError("empty sequence")
     model, device = lm.model, lm.device
     head = model.get_output_embeddings()
-    shared = min(_common_prefix(seqs), min(len(s) for s in seqs) - 1)  # every sequence keeps >= 1 own token
+    shared = shared_prefix_length(seqs)
     with torch.inference_mode():
-        if len(seqs) > 1 and shared >= _MIN_SHARED_PREFIX:
+        if len(seqs) > 1 and shared >= MIN_SHARED_PREFIX:
             return _prefix_logprobs(model, head, device, seqs, shared, top, max_tokens_per_pass)
         return _padded_logprobs(model, head, device, seqs, top, max_tokens_per_pass)
 

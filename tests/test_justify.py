@@ -16,7 +16,7 @@ from chatbot.justify import (
     justification_prompt,
     overlap,
 )
-from chatbot.lm import LanguageModel
+from chatbot.lm import MIN_SHARED_PREFIX, LanguageModel
 from retrieval.catalog import Catalog, Item, load_catalog
 from retrieval.settings import Settings
 from tests.conftest import DATA
@@ -164,7 +164,7 @@ def test_the_shared_opening_of_a_batch_runs_once_and_changes_nothing(lm: Languag
     _, prompts = justifier._prompts(requests)
     shared = justify._batch_inputs(lm.model, prompts, lm.tokenizer.pad_token_id, lm.device)
     # The system prompt and the user's words open every prompt; each item's record follows.
-    assert shared["cache"].get_seq_length() > justify._MIN_SHARED_PREFIX
+    assert shared["cache"].get_seq_length() > MIN_SHARED_PREFIX
     plain = justify._batch_inputs(lm.model, prompts[:1], lm.tokenizer.pad_token_id, lm.device)
     assert "cache" not in plain  # one row: nothing to share
 

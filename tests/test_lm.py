@@ -153,3 +153,12 @@ def test_long_context_is_cut_to_its_most_recent_words(ranker: LMRanker) -> None:
     ids = ranker.prompt_ids(context)
     assert len(ids) <= ranker.max_context_tokens
     assert "zombie film" in ranker.lm.tokenizer.decode(ids)
+
+
+def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own() -> None:
+    from chatbot.lm import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2, 5, 6]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical: the last token stays each one's own
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1
+    assert shared_prefix_length([[5], [6]]) == 0
