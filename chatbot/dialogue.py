@@ -276,6 +276,8 @@ class DialogueManager:
                     del bucket[name]
         state.constraints.exclude = {k: v for k, v in state.constraints.exclude.items() if v}
         state.constraints.ranges.update(u.ranges)
+        if u.relative_year and (year := tools.interpreter.year_field):
+            state.constraints.ranges[year] = self._relative_years(state, tools, u.relative_year)
 
         if u.act in ("recommend", "feedback") and u.wish:
             # Titles are represented by their item vectors; left in the wish they would pull in look-alike titles.
@@ -292,6 +294,20 @@ class DialogueManager:
         elif mentioned:
             state.focus = mentioned[-1]
         return targets
+
+    @staticmethod
+    def _relative_years(state: SessionState, tools: CatalogTools, way: str) -> tuple[float | None, float | None]:
+        """The year range "newer" or "older" asks for: than the last recommendations, else the liked items,
+        else than the catalog's recent (5 years) or old (30 years) items."""
+        year, newest = tools.interpreter.year_field, tools.interpreter.newest_year
+        for ids in (state.last_recommendations, state.liked):
+            years = [tools.catalog[i].numbers[year] for i in ids if i in tools.catalog
+                     and year in tools.catalog[i].numbers]
+            if years:
+                return (max(years) + 1, None) if way == "newer" else (None, min(years) - 1)
+        if newest is None:
+            return None, None
+        return (newest - 5, None) if way == "newer" else (None, newest - 30)
 
     @staticmethod
     def react(state: SessionState, item_id: str, reaction: str) -> None:

@@ -86,8 +86,20 @@ _BETWEEN_RE = re.compile(rf"\bbetween\s*{_MONEY}\s*(?:and|-|to)\s*{_MONEY}", re.
 _DECADE_RE = re.compile(r"\b(?:the\s+)?(?:(19|20)(\d)0|'?(\d)0)'?s\b", re.IGNORECASE)
 _AFTER_YEAR_RE = re.compile(r"\b(?:after|since|newer than|from|post)\s+((?:19|20)\d\d)\b", re.IGNORECASE)
 _BEFORE_YEAR_RE = re.compile(r"\b(?:before|older than|prior to|pre)\s+((?:19|20)\d\d)\b", re.IGNORECASE)
-_RECENT_RE = re.compile(r"\b(?:recent|new|newer|latest|modern)\b", re.IGNORECASE)
-_OLD_RE = re.compile(r"\b(?:old|older|classic|classics|vintage)\b", re.IGNORECASE)
+# A bare "new" is left out: "a new movie" mostly means one not seen yet, "I want a new phone" a replacement.
+_RECENT_RE = re.compile(r"\b(?:more (?:recent|modern)|recent(?:ly released)?|newer|newest|latest|modern|"
+                        r"new releases?|brand[- ]new)\b", re.IGNORECASE)
+# "a 12 year old" is an age, not a time.
+_OLD_RE = re.compile(r"(?<!year )(?<!years )(?<!year-)\b(?:older|oldies?|old[- ]school|old|classics?|vintage)\b",
+                     re.IGNORECASE)
+_COMPARATIVE_TIME = {"newer", "older", "more recent", "more modern"}
+# Said of a thing ("that's a classic", "the new one", "which is new"), a time word describes it; it asks
+# for nothing.
+_DESCRIBES_RE = re.compile(
+    r"\b(?:is|was|are|were|be|been|that'?s|thats|it'?s|its|the|this|these|those|which|their|his|her)\s+"
+    r"(?:(?:a|an|such|so|real|really|true|great|total|big|good|very|pretty|an?other)\s+){0,3}$",
+    re.IGNORECASE,
+)
 _RATING_RE = re.compile(r"\brat(?:ed|ing)\s*(?:of\s*)?(?:above|over|at least|>=?)?\s*(\d(?:\.\d)?)", re.IGNORECASE)
 _CURRENCY_HINT = re.compile(r"[$€£]|\b(?:dollars|usd|bucks|euros?|pounds|budget|price|cheap|cost|afford)",
                             re.IGNORECASE)
@@ -131,6 +143,9 @@ class Understanding:
     items: list[ItemSignal] = field(default_factory=list)
     attributes: list[AttributeSignal] = field(default_factory=list)
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    # "anything newer?" with no year or item to compare with in the message: the dialogue manager resolves
+    # it against the items of the conversation.
+    relative_year: Literal["newer", "older"] | None = None
     references: list[int] = field(default_factory=list)
     pronoun: bool = False
     wants_different: bool = False
@@ -177,9 +192,17 @@ def _requested(text: str, start: int, end: int) -> bool:
     return _asks(text[low:start] + " " + text[end:high])
 
 
+def _time_word_asked(text: str, match: re.Match[str]) -> bool:
+    """Whether a vague time word ("recent", "older", "classics") asks for items of that time: its clause asks
+    (see `_asks`), without a negation before it, and it does not describe a thing ("that's a classic")."""
+    low, high = _clause_of(text, match.start())
+    before = text[low:match.start()]
+    return _asks(text[low:high]) and not _DESCRIBES_RE.search(before) and not _NEGATIVE_CUES.search(before)
+
+
 def _range_asked(text: str) -> bool:
     """Whether a year or rating range in ``text`` sits in a clause that asks for it (see `_asks`)."""
-    for pattern in (_DECADE_RE, _AFTER_YEAR_RE, _BEFORE_YEAR_RE, _RECENT_RE, _OLD_RE, _RATING_RE):
+    for pattern in (_DECADE_RE, _AFTER_YEAR_RE, _BEFORE_YEAR_RE, _RATING_RE):
         for match in pattern.finditer(text):
             low, high = _clause_of(text, match.start())
             if _asks(text[low:high]):
@@ -201,6 +224,8 @@ class MessageInterpreter:
         self.price_field = next((f for f in ("price", "cost", "amount") if f in numeric), None)
         self.year_field = "year" if "year" in numeric else None
         self.rating_field = next((f for f in ("rating", "stars", "score") if f in numeric), None)
+        years = [i.numbers["year"] for i in catalog if "year" in i.numbers]
+        self.newest_year: float | None = max(years) if years else None
         # How often each (field, value) occurs, and how many items have each attribute field at all:
         # a value named by the user is read as the field where it is most common, and only fields most
         # items have become hard filters (an item lacking the field would otherwise never qualify).
@@ -288,6 +313,13 @@ class MessageInterpreter:
         # in a story ("being a kid from the 80s, I like the original better").
         ranges = {name: bounds for name, bounds in self._ranges(text).items()
                   if (name == self.price_field and _CURRENCY_HINT.search(text)) or _range_asked(text)}
+        relative: Literal["newer", "older"] | None = None
+        if self.year_field and self.year_field not in ranges:
+            years = [self.catalog[m.item_id].numbers[self.year_field] for m in mentions
+                     if self.year_field in self.catalog[m.item_id].numbers]
+            low, high, relative = self._time_words(text, years)
+            if low is not None or high is not None:
+                ranges[self.year_field] = (low, high)
         references = [_ORDINALS[m.group(1).lower()] for m in _ORDINAL_RE.finditer(text)]
         references += [int(m.group(1)) - 1 for m in _NUMBER_REF_RE.finditer(text)]
         pronoun = bool(_PRONOUN_RE.search(text))
@@ -312,17 +344,46 @@ class MessageInterpreter:
             act = "question"
         elif reaction is not None and not _RECOMMEND_RE.search(text) and not wants_different:
             act = "feedback"
-        elif items or attributes or ranges or wants_different or rejects_all or _RECOMMEND_RE.search(text):
+        elif items or attributes or ranges or relative or wants_different or rejects_all or _RECOMMEND_RE.search(text):
             act = "recommend"
         elif _CHITCHAT_RE.match(text):
             act = "chitchat"
         else:
             act = "recommend"  # free-text wishes ("a cozy rainy-day story") are requests too
         return Understanding(
-            act=act, items=items, attributes=attributes, ranges=ranges, references=references, pronoun=pronoun,
+            act=act, items=items, attributes=attributes, ranges=ranges, relative_year=relative,
+            references=references, pronoun=pronoun,
             wants_different=wants_different, rejects_all=rejects_all, reaction=reaction, wish=text.strip(),
             injection=injection,
         )
+
+    def _time_words(self, text: str, mentioned_years: list[float]
+                    ) -> tuple[float | None, float | None, Literal["newer", "older"] | None]:
+        """(low, high, relative) of the year range that vague time words ask for.
+
+        "recent" and "classics" are read against the catalog's newest year. A comparative ("newer", "older")
+        compares with the items named in the same message; with none, ``relative`` says which way, for the
+        dialogue manager to resolve against the conversation.
+        """
+        if self.year_field is None:
+            return None, None, None
+        for pattern, way in ((_RECENT_RE, "newer"), (_OLD_RE, "older")):
+            for match in pattern.finditer(text):
+                if not _time_word_asked(text, match):
+                    continue
+                if " ".join(match.group(0).lower().split()) in _COMPARATIVE_TIME:
+                    if mentioned_years and re.match(r"\s*than\b", text[match.end():], re.IGNORECASE):
+                        return ((max(mentioned_years) + 1, None, None) if way == "newer"
+                                else (None, min(mentioned_years) - 1, None))
+                    if mentioned_years:  # "like X or newer": X's year counts
+                        return ((min(mentioned_years), None, None) if way == "newer"
+                                else (None, max(mentioned_years), None))
+                    return None, None, way  # type: ignore[return-value]
+                if self.newest_year is None:
+                    return None, None, None
+                return ((self.newest_year - 5, None, None) if way == "newer"
+                        else (None, self.newest_year - 30, None))
+        return None, None, None
 
     def _ranges(self, text: str) -> dict[str, tuple[float | None, float | None]]:
         ranges: dict[str, tuple[float | None, float | None]] = {}
@@ -345,24 +406,19 @@ class MessageInterpreter:
                     ranges[self.price_field] = (low, high)
         if self.year_field:
             low = high = None
-            if m := _DECADE_RE.search(text):
+            starts = []
+            for m in _DECADE_RE.finditer(text):  # "an 80's or 90's comedy": any of them
                 if m.group(1):
-                    start = int(m.group(1) + m.group(2) + "0")
+                    starts.append(int(m.group(1) + m.group(2) + "0"))
                 else:
                     digit = int(m.group(3))
-                    start = (2000 if digit <= 2 else 1900) + digit * 10
-                low, high = float(start), float(start + 9)
+                    starts.append((2000 if digit <= 2 else 1900) + digit * 10)
+            if starts:
+                low, high = float(min(starts)), float(max(starts) + 9)
             if m := _AFTER_YEAR_RE.search(text):
                 low = float(m.group(1))
             if m := _BEFORE_YEAR_RE.search(text):
                 high = float(m.group(1))
-            if low is None and high is None:
-                years = [i.numbers[self.year_field] for i in self.catalog if self.year_field in i.numbers]
-                newest = max(years) if years else None
-                if newest and _RECENT_RE.search(text) and not _NEGATIVE_CUES.search(text):
-                    low = newest - 5
-                elif newest and _OLD_RE.search(text) and not _NEGATIVE_CUES.search(text):
-                    high = newest - 30
             if low is not None or high is not None:
                 ranges[self.year_field] = (low, high)
         if self.rating_field and (m := _RATING_RE.search(text)):

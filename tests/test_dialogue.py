@@ -73,6 +73,19 @@ def test_constraints_and_change_of_mind(bot: Chatbot) -> None:
     assert all(bot.library.catalog("movies_small")[r.id].numbers["year"] <= 1990 for r in old.recommendations)
 
 
+def test_newer_and_older_compare_with_what_was_shown(bot: Chatbot) -> None:
+    sid = bot.create_session("movies_small").id
+    catalog = bot.library.catalog("movies_small")
+    first = bot.send(sid, "I want a crime movie")
+    years = [catalog[r.id].numbers["year"] for r in first.recommendations]
+    newer = bot.send(sid, "can you suggest anything newer?")
+    assert bot.get_session(sid).constraints.ranges["year"] == (max(years) + 1, None)
+    assert newer.recommendations and all(catalog[r.id].numbers["year"] > max(years) for r in newer.recommendations)
+    # A remark about a movie sets no filter.
+    bot.send(sid, "oh that's a classic")
+    assert bot.get_session(sid).constraints.ranges["year"] == (max(years) + 1, None)
+
+
 def test_a_taste_ranks_a_request_filters_and_starting_over_forgets(bot: Chatbot) -> None:
     sid = bot.create_session("movies_small").id
     heat = _id(bot, "Heat (1995)")

@@ -86,6 +86,28 @@ def test_year_ranges(movies: MessageInterpreter) -> None:
     assert movies.interpret("anything before 1990", False).ranges == {"year": (None, 1990.0)}
 
 
+def test_vague_time_words_filter_only_when_asked(movies: MessageInterpreter) -> None:
+    newest = movies.newest_year
+    assert newest is not None
+    assert movies.interpret("any recent thrillers?", False).ranges == {"year": (newest - 5, None)}
+    assert movies.interpret("I want some classics", False).ranges == {"year": (None, newest - 30)}
+    # Said of a movie, a time word describes it; "a new movie" is one not seen yet.
+    for text in ("oh that's a classic", "Heat (1995) is a real classic, any thrillers?",
+                 "I liked the new one too", "I'm looking for a new movie to watch",
+                 "I hate old movies", "not a classic fan, any comedies?"):
+        u = movies.interpret(text, False)
+        assert (u.ranges, u.relative_year) == ({}, None), text
+    # A comparative compares with the movie named, else with the conversation (the dialogue manager).
+    assert movies.interpret("anything newer than Heat (1995)?", False).ranges == {"year": (1996.0, None)}
+    assert movies.interpret("a thriller like Heat (1995) or newer", False).ranges == {"year": (1995.0, None)}
+    assert movies.interpret("a movie for my 12 year old", False).ranges == {}
+    assert movies.interpret("an 80's or 90's comedy please", False).ranges == {"year": (1980.0, 1999.0)}
+    u = movies.interpret("something a little more modern", False)
+    assert (u.ranges, u.relative_year) == ({}, "newer")
+    u = movies.interpret("can you suggest anything newer?", False)
+    assert (u.ranges, u.relative_year, u.act) == ({}, "newer", "recommend")
+
+
 def test_only_what_is_asked_for_becomes_a_filter(movies: MessageInterpreter) -> None:
     def requested(text: str) -> dict[str, bool]:
         return {a.value: a.requested for a in movies.interpret(text, False).attributes}
