@@ -7,6 +7,7 @@ only sentences that pass the `GroundingChecker`, falling back to the template wh
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,8 @@ from retrieval.catalog import MAX_SHORT_STRING, Item
 
 if TYPE_CHECKING:
     from chatbot.lm import LanguageModel
+
+log = logging.getLogger("recchat.justify")
 
 _SKIP_FIELD_RE = re.compile(r"(^|_)(id|ids|url|urls|link|links|image|images|sku|asin|isbn)$|_title$",
                             re.IGNORECASE)
@@ -461,6 +464,137 @@ def _batch_inputs(model: Any, prompts: list[list[int]], pad_id: int, device: str
     return inputs
 
 
+@dataclass
+class _Order:
+    """One caller's rows waiting for a batched generation (see `_GenerationQueue`)."""
+
+    prompts: list[list[int]]
+    rows: _RowStreamer
+    max_new_tokens: int
+    max_sentences: int
+    done: Future[None] = field(default_factory=Future)
+
+
+class _BatchStreamer:
+    """Hands each order's rows of a merged batch to that order's `_RowStreamer`."""
+
+    def __init__(self, orders: Sequence[_Order]) -> None:
+        self.orders = orders
+
+    def _slices(self, value: Any) -> Iterator[tuple[_Order, Any]]:
+        start = 0
+        for order in self.orders:
+            n = len(order.prompts)
+            yield order, value[start:start + n]
+            start += n
+
+    def put(self, value: Any) -> None:
+        if value.dim() == 1:  # one new token per row
+            value = value.unsqueeze(1)
+        for order, part in self._slices(value):
+            order.rows.put(part)
+
+    def end(self) -> None:
+        for order in self.orders:
+            order.rows.end()
+
+
+class _BatchStop:
+    """Stopping criterion of a merged batch: each order's own sentence and token limits on its rows."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, orders: Sequence[_Order]) -> None:
+        self.prompt_len = prompt_len
+        self.parts = [(len(o.prompts), o.max_new_tokens,
+                       _SentenceLimit(tokenizer, prompt_len, o.max_sentences, o.rows.closed)) for o in orders]
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done, start = [], 0
+        for n, max_new, limit in self.parts:
+            rows = input_ids[start:start + n]
+            part = limit(rows, scores)
+            if input_ids.shape[1] - self.prompt_len >= max_new:
+                part = torch.ones_like(part)
+            done.append(part)
+            start += n
+        return torch.cat(done)
+
+
+class _GenerationQueue:
+    """Generations waiting for the model thread, merged into one batch when they meet there.
+
+    Concurrent users would otherwise take turns, each with a batch of a few rows; on a CPU a decoding
+    step for twice the rows costs well under twice the time, so while one generation runs, the orders
+    that arrive wait here and then run together. A generation already running is never joined.
+    """
+
+    MAX_ROWS = 12
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self._pending: list[_Order] = []
+        self._lock = threading.Lock()
+
+    def submit(self, order: _Order) -> Future[None]:
+        with self._lock:
+            self._pending.append(order)
+        model_thread.submit(self._drain)
+        return order.done
+
+    def _take(self) -> list[_Order]:
+        with self._lock:
+            taken, rows = [], 0
+            while self._pending and (not taken or rows + len(self._pending[0].prompts) <= self.MAX_ROWS):
+                order = self._pending.pop(0)
+                taken.append(order)
+                rows += len(order.prompts)
+            return taken
+
+    def _drain(self) -> None:
+        # One drain job per order was submitted; the first one to run takes every order then waiting.
+        orders = self._take()
+        live = []
+        for order in orders:
+            if all(event.is_set() for event in order.rows.closed):
+                order.rows.end()  # closed while it waited: never started
+                order.done.set_result(None)
+            else:
+                live.append(order)
+        if not live:
+            return
+        from transformers import StoppingCriteriaList
+
+        prompts = [ids for order in live for ids in order.prompts]
+        log.debug("generation batch: %d request(s), %d row(s)", len(live), len(prompts))
+        try:
+            tokenizer, model = self.lm.tokenizer, self.lm.model
+            with self.lm.lock:
+                inputs = _batch_inputs(model, prompts, tokenizer.pad_token_id, self.lm.device)
+                stop = _BatchStop(tokenizer, inputs["input_ids"].shape[1], live)
+                model.generate(**inputs, max_new_tokens=max(o.max_new_tokens for o in live), do_sample=False,
+                               streamer=_BatchStreamer(live), stopping_criteria=StoppingCriteriaList([stop]),
+                               pad_token_id=tokenizer.pad_token_id)
+        except BaseException as exc:
+            for order in live:
+                order.rows.fail(exc)
+        for order in live:
+            order.done.set_result(None)
+
+
+_queues: dict[int, tuple[Any, _GenerationQueue]] = {}
+_queues_lock = threading.Lock()
+
+
+def _queue_of(lm: LanguageModel) -> _GenerationQueue:
+    """The generation queue shared by every justifier of one LM (one per catalog)."""
+    with _queues_lock:
+        entry = _queues.get(id(lm))
+        if entry is None or entry[0] is not lm:
+            entry = _queues[id(lm)] = (lm, _GenerationQueue(lm))
+        return entry[1]
+
+
 class LMJustifier:
     """`Justifier` that lets the language model write, then keeps only grounded text.
 
@@ -639,26 +773,9 @@ class LMJustifier:
     def _start(self, prompts: list[list[int]], rows: _RowStreamer) -> Future[None]:
         """Greedy generation on the model thread, holding the LM lock, stopped per row by `_SentenceLimit`.
 
-        The model thread (`retrieval.model_thread`) runs one job at a time; a generation whose readers
-        were all closed while it waited for its turn does not start.
+        The model thread (`retrieval.model_thread`) runs one job at a time. Requests that wait for it
+        together, from any user, are generated as one batch (`_GenerationQueue`); a generation whose
+        readers were all closed while it waited does not start.
         """
-        from transformers import StoppingCriteriaList
-
-        tokenizer, model, device = self.lm.tokenizer, self.lm.model, self.lm.device
-
-        def run() -> None:
-            if all(event.is_set() for event in rows.closed):
-                rows.end()
-                return
-            try:
-                with self.lm.lock:
-                    inputs = _batch_inputs(model, prompts, tokenizer.pad_token_id, device)
-                    criteria = _SentenceLimit(tokenizer, inputs["input_ids"].shape[1], self.max_sentences,
-                                              rows.closed)
-                    model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, streamer=rows,
-                                   stopping_criteria=StoppingCriteriaList([criteria]),
-                                   pad_token_id=tokenizer.pad_token_id)
-            except BaseException as exc:
-                rows.fail(exc)
-
-        return model_thread.submit(run)
+        order = _Order(prompts, rows, self.max_new_tokens, self.max_sentences)
+        return _queue_of(self.lm).submit(order)

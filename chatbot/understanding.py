@@ -186,10 +186,16 @@ def _asks(text: str) -> bool:
     return len(words) <= 1
 
 
+def _describes(before: str) -> bool:
+    """Whether the words before a value in its clause say what a thing is ("It's a comedy", "that's a
+    classic") rather than ask for it ("I want something that is a comedy" still asks)."""
+    return bool(_DESCRIBES_RE.search(before)) and not _REQUEST_RE.search(before)
+
+
 def _requested(text: str, start: int, end: int) -> bool:
     """Whether the attribute at ``text[start:end]`` is part of a request (see `_asks`), in its own clause."""
     low, high = _clause_of(text, start)
-    return _asks(text[low:start] + " " + text[end:high])
+    return _asks(text[low:start] + " " + text[end:high]) and not _describes(text[low:start])
 
 
 def _time_word_asked(text: str, match: re.Match[str]) -> bool:
@@ -197,7 +203,7 @@ def _time_word_asked(text: str, match: re.Match[str]) -> bool:
     (see `_asks`), without a negation before it, and it does not describe a thing ("that's a classic")."""
     low, high = _clause_of(text, match.start())
     before = text[low:match.start()]
-    return _asks(text[low:high]) and not _DESCRIBES_RE.search(before) and not _NEGATIVE_CUES.search(before)
+    return _asks(text[low:high]) and not _describes(before) and not _NEGATIVE_CUES.search(before)
 
 
 def _range_asked(text: str) -> bool:

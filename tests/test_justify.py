@@ -179,6 +179,42 @@ def test_the_shared_opening_of_a_batch_runs_once_and_changes_nothing(lm: Languag
     assert together == alone and all(text.strip() for text in together)
 
 
+def test_requests_that_wait_together_are_generated_together(lm: LanguageModel, movies: Catalog) -> None:
+    import threading
+
+    from retrieval import model_thread
+
+    justifier = LMJustifier(lm, GroundingChecker(movies), max_new_tokens=16)
+    ids = list(movies.ids)
+    users = [[JustificationRequest(movies[i], "Something tense please.", ["The Departed (2006)"]) for i in ids[:2]],
+             [JustificationRequest(movies[i], "A funny one for the family.", []) for i in ids[2:5]]]
+    alone = [[justifier.raw(r) for r in requests] for requests in users]
+
+    calls: list[int] = []
+    generate = lm.model.generate
+
+    def counted(**kwargs: object) -> object:
+        calls.append(len(kwargs["input_ids"]))  # type: ignore[arg-type]
+        return generate(**kwargs)
+
+    busy, release = threading.Event(), threading.Event()
+    blocker = model_thread.submit(lambda: (busy.set(), release.wait(30)))
+    busy.wait(30)
+    lm.model.generate = counted  # type: ignore[method-assign]
+    try:
+        # Both users ask while the model thread is busy: their rows wait together, then run as one batch.
+        streams = [justifier.generate_all(requests) for requests in users]
+        release.set()
+        blocker.result(30)
+        together = [["".join(stream).strip() for stream in user] for user in streams]
+    finally:
+        lm.model.generate = generate  # type: ignore[method-assign]
+    assert calls == [5]
+    # Each row writes what it wrote alone, after its own forced start.
+    assert together == [[text.strip() for text in user] for user in alone]
+    assert all(text for user in together for text in user)
+
+
 def _scripted(start: str, *written: str) -> Iterator[str]:
     """What a generation yields: the forced start, then the model's pieces (here fixed, to test the check)."""
     yield start

@@ -118,6 +118,9 @@ def test_only_what_is_asked_for_becomes_a_filter(movies: MessageInterpreter) -> 
     # Telling a taste is not asking for a filter: these stay soft preferences.
     assert requested("I like comedies") == {"comedy": False}
     assert requested("I like comedies. Any crime movies?") == {"comedy": False, "crime": True}
+    # Saying what a movie is asks for nothing either.
+    assert requested("Also Rushmore (1998). It's a comedy.") == {"comedy": False}
+    assert requested("I want something that is a comedy") == {"comedy": True}
     # A story about the past is no year filter; a request for a decade is.
     assert movies.interpret("Growing up in the 80s I loved Jaws (1975)", False).ranges == {}
     assert movies.interpret("I like thrillers, any from the 80s?", False).ranges == {"year": (1980.0, 1989.0)}
