@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, wait
 from contextlib import closing
@@ -531,15 +532,14 @@ class _GenerationQueue:
 
     MAX_ROWS = 12
 
-    def __init__(self, lm: LanguageModel) -> None:
-        self.lm = lm
+    def __init__(self) -> None:
         self._pending: list[_Order] = []
         self._lock = threading.Lock()
 
-    def submit(self, order: _Order) -> Future[None]:
+    def submit(self, lm: LanguageModel, order: _Order) -> Future[None]:
         with self._lock:
             self._pending.append(order)
-        model_thread.submit(self._drain)
+        model_thread.submit(self._drain, lm)
         return order.done
 
     def _take(self) -> list[_Order]:
@@ -551,7 +551,7 @@ class _GenerationQueue:
                 rows += len(order.prompts)
             return taken
 
-    def _drain(self) -> None:
+    def _drain(self, lm: LanguageModel) -> None:
         # One drain job per order was submitted; the first one to run takes every order then waiting.
         orders = self._take()
         live = []
@@ -568,9 +568,9 @@ class _GenerationQueue:
         prompts = [ids for order in live for ids in order.prompts]
         log.debug("generation batch: %d request(s), %d row(s)", len(live), len(prompts))
         try:
-            tokenizer, model = self.lm.tokenizer, self.lm.model
-            with self.lm.lock:
-                inputs = _batch_inputs(model, prompts, tokenizer.pad_token_id, self.lm.device)
+            tokenizer, model = lm.tokenizer, lm.model
+            with lm.lock:
+                inputs = _batch_inputs(model, prompts, tokenizer.pad_token_id, lm.device)
                 stop = _BatchStop(tokenizer, inputs["input_ids"].shape[1], live)
                 model.generate(**inputs, max_new_tokens=max(o.max_new_tokens for o in live), do_sample=False,
                                streamer=_BatchStreamer(live), stopping_criteria=StoppingCriteriaList([stop]),
@@ -582,17 +582,18 @@ class _GenerationQueue:
             order.done.set_result(None)
 
 
-_queues: dict[int, tuple[Any, _GenerationQueue]] = {}
+# Weak keys: a queue holds no reference to its LM, so an LM no longer used is freed with its queue.
+_queues: weakref.WeakKeyDictionary[LanguageModel, _GenerationQueue] = weakref.WeakKeyDictionary()
 _queues_lock = threading.Lock()
 
 
 def _queue_of(lm: LanguageModel) -> _GenerationQueue:
     """The generation queue shared by every justifier of one LM (one per catalog)."""
     with _queues_lock:
-        entry = _queues.get(id(lm))
-        if entry is None or entry[0] is not lm:
-            entry = _queues[id(lm)] = (lm, _GenerationQueue(lm))
-        return entry[1]
+        queue = _queues.get(lm)
+        if queue is None:
+            queue = _queues[lm] = _GenerationQueue()
+        return queue
 
 
 class LMJustifier:
@@ -778,4 +779,4 @@ class LMJustifier:
         readers were all closed while it waited does not start.
         """
         order = _Order(prompts, rows, self.max_new_tokens, self.max_sentences)
-        return _queue_of(self.lm).submit(order)
+        return _queue_of(self.lm).submit(self.lm, order)

@@ -230,7 +230,7 @@ class MessageInterpreter:
         self.price_field = next((f for f in ("price", "cost", "amount") if f in numeric), None)
         self.year_field = "year" if "year" in numeric else None
         self.rating_field = next((f for f in ("rating", "stars", "score") if f in numeric), None)
-        years = [i.numbers["year"] for i in catalog if "year" in i.numbers]
+        years = [i.numbers[self.year_field] for i in catalog if self.year_field and self.year_field in i.numbers]
         self.newest_year: float | None = max(years) if years else None
         # How often each (field, value) occurs, and how many items have each attribute field at all:
         # a value named by the user is read as the field where it is most common, and only fields most
@@ -414,6 +414,9 @@ class MessageInterpreter:
             low = high = None
             starts = []
             for m in _DECADE_RE.finditer(text):  # "an 80's or 90's comedy": any of them
+                low_clause, _ = _clause_of(text, m.start())
+                if _NEGATIVE_CUES.search(text[low_clause:m.start()]):
+                    continue  # "the 80s, not the 90s"
                 if m.group(1):
                     starts.append(int(m.group(1) + m.group(2) + "0"))
                 else:

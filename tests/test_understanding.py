@@ -102,6 +102,7 @@ def test_vague_time_words_filter_only_when_asked(movies: MessageInterpreter) -> 
     assert movies.interpret("a thriller like Heat (1995) or newer", False).ranges == {"year": (1995.0, None)}
     assert movies.interpret("a movie for my 12 year old", False).ranges == {}
     assert movies.interpret("an 80's or 90's comedy please", False).ranges == {"year": (1980.0, 1999.0)}
+    assert movies.interpret("a comedy from the 80s, not the 90s", False).ranges == {"year": (1980.0, 1989.0)}
     u = movies.interpret("something a little more modern", False)
     assert (u.ranges, u.relative_year) == ({}, "newer")
     u = movies.interpret("can you suggest anything newer?", False)

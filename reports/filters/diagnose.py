@@ -13,8 +13,8 @@ from pathlib import Path
 
 from chatbot.dialogue import DialogueManager
 from chatbot.justify import TemplateJustifier
-from retrieval.dialogs import iter_samples
 from eval.recommend import FullRecommender
+from retrieval.dialogs import iter_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "reports"))
