@@ -192,10 +192,20 @@ def _describes(before: str) -> bool:
     return bool(_DESCRIBES_RE.search(before)) and not _REQUEST_RE.search(before)
 
 
+# A taste told in a run-on message ("I like historical movies can you think of a few", "Action is good too
+# something like Saw would be great"): the request that follows is for something else.
+_TASTE_BEFORE_RE = re.compile(r"\b(?:like|love|enjoy|adore|prefer|into|fan of)\s+(?:[\w'-]+\s+){0,2}$",
+                              re.IGNORECASE)
+_TASTE_AFTER_RE = re.compile(r"\s*(?:[\w'-]+\s+)?(?:is|are|was|were)\b", re.IGNORECASE)
+
+
 def _requested(text: str, start: int, end: int) -> bool:
-    """Whether the attribute at ``text[start:end]`` is part of a request (see `_asks`), in its own clause."""
+    """Whether the attribute at ``text[start:end]`` is part of a request (see `_asks`), in its own clause,
+    rather than a description of a thing or a taste told on the way."""
     low, high = _clause_of(text, start)
-    return _asks(text[low:start] + " " + text[end:high]) and not _describes(text[low:start])
+    before, after = text[low:start], text[end:high]
+    told = not _REQUEST_RE.search(before) and bool(_TASTE_BEFORE_RE.search(before) or _TASTE_AFTER_RE.match(after))
+    return _asks(before + " " + after) and not _describes(before) and not told
 
 
 def _time_word_asked(text: str, match: re.Match[str]) -> bool:

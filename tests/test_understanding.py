@@ -122,6 +122,12 @@ def test_only_what_is_asked_for_becomes_a_filter(movies: MessageInterpreter) -> 
     # Saying what a movie is asks for nothing either.
     assert requested("Also Rushmore (1998). It's a comedy.") == {"comedy": False}
     assert requested("I want something that is a comedy") == {"comedy": True}
+    # A taste told in a run-on message stays a taste; the request after it asks for something else.
+    assert requested("I like crime movies Can you think of a few?") == {"crime": False}
+    assert requested("I really like horror movies. Action is good too something like Saw would be great") == {
+        "horror": False, "action": False}
+    assert requested("I would like a comedy") == {"comedy": True}
+    assert requested("I want a comedy that is funny") == {"comedy": True}
     # A story about the past is no year filter; a request for a decade is.
     assert movies.interpret("Growing up in the 80s I loved Jaws (1975)", False).ranges == {}
     assert movies.interpret("I like thrillers, any from the 80s?", False).ranges == {"year": (1980.0, 1989.0)}
