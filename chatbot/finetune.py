@@ -24,6 +24,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,15 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 
 class TrainingDataError(ValueError):
     """The training data is unusable: missing files, no examples, or a forbidden (test) dialog."""
+
+
+class TrainingInterruptedError(RuntimeError):
+    """The run was asked to stop (Ctrl-C); what was trained is in the checkpoint, and a re-run resumes."""
+
+
+def _check(stop: threading.Event | None, where: str) -> None:
+    if stop is not None and stop.is_set():
+        raise TrainingInterruptedError(f"stopped {where}")
 
 
 @dataclass
@@ -278,7 +288,8 @@ def justification_examples(dialogue: DialogueManager, path: Path, catalog: str, 
 
 
 def build_examples(dialogue: DialogueManager, data: Dataset, justifications: list[JustificationExample],
-                   config: TrainConfig, progress: bool = True) -> list[RankingExample | JustificationExample]:
+                   config: TrainConfig, progress: bool = True, stop: threading.Event | None = None,
+                   ) -> list[RankingExample | JustificationExample]:
     """``steps x batch`` examples: ranking ones from every source in turn, a justification every few."""
     rng = random.Random(config.seed)
     needed = config.steps * config.batch
@@ -301,6 +312,7 @@ def build_examples(dialogue: DialogueManager, data: Dataset, justifications: lis
             continue
         ranking.append(example)
         bar.update(1)
+        _check(stop, "while building the examples")
     bar.close()
     if not ranking:
         raise TrainingDataError("no ranking examples: no training dialog recommends a catalog item")
@@ -469,11 +481,13 @@ def train(
     config: TrainConfig,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter on ``examples`` (``config.steps`` steps of ``config.batch``) into ``out``.
 
     Resumes from ``out/checkpoint`` when it exists; writes ``out/train_log.jsonl`` (one line per step).
-    ``lm`` must be the base model (no adapter). Returns the run's summary.
+    ``lm`` must be the base model (no adapter). Returns the run's summary. When ``stop`` is set, the step
+    under way finishes, a checkpoint is saved and `TrainingInterruptedError` is raised.
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -543,8 +557,13 @@ def train(
             fh.write(json.dumps(record) + "\n")
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
         bar.update(1)
-        if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+        stopping = stop is not None and stop.is_set()
+        if (step + 1) % config.save_every == 0 or step + 1 == config.steps or stopping:
             _save_checkpoint(checkpoint, model, optimizer, scheduler, step + 1)
+        if stopping:
+            bar.close()
+            raise TrainingInterruptedError(f"stopped after step {step + 1}; the checkpoint is saved, and the same "
+                                  "command resumes from it")
     bar.close()
     model.eval()
     model.save_pretrained(out)
@@ -565,7 +584,7 @@ class HeldoutTurn:
 
 
 def score_heldout(dialogue: DialogueManager, catalog: str, dialogs: Iterable[Dialog], max_turns: int,
-                  progress: bool = True) -> list[HeldoutTurn]:
+                  progress: bool = True, stop: threading.Event | None = None) -> list[HeldoutTurn]:
     """Retrieval head and LM scores of held-out recommender turns (at most ``max_turns``)."""
     from eval.recommend import FullRecommender
 
@@ -589,6 +608,7 @@ def score_heldout(dialogue: DialogueManager, catalog: str, dialogs: Iterable[Dia
             positions = [ids.index(s.target) for s in samples if s.target in ids]
             turns.append(HeldoutTurn([c.score for c in head], scores, positions, len(samples) - len(positions)))
             bar.update(1)
+            _check(stop, "while scoring held-out turns (training is done; the same command resumes)")
     bar.close()
     return turns
 
@@ -638,13 +658,15 @@ def run_training(
     compare_base: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Build the data, train the adapter, fit the LM fusion weight on held-out dialogs, write ``out``.
 
     ``out`` receives the adapter (``adapter_config.json``, ``adapter_model.safetensors``), ``recchat.json``
     (fusion weight, configuration, data counts, held-out figures), ``training_dialogs.txt`` (the ids of the
     dialogs examples came from), ``examples.jsonl``, ``train_log.jsonl`` and a resumable ``checkpoint/``.
-    Re-running with the same arguments resumes where a killed run stopped.
+    Re-running with the same arguments resumes where a killed run stopped. Setting ``stop`` ends the run
+    early with `TrainingInterruptedError` (after the training step under way, whose checkpoint is saved).
     """
     from chatbot.dialogue import DialogueManager
     from chatbot.justify import TemplateJustifier
@@ -668,7 +690,7 @@ def run_training(
             raise TrainingDataError(f"{out} holds a checkpoint of a run with other settings; use another --out")
         just = (justification_examples(dialogue, justifications, justification_catalog, forbidden,
                                        config.heldout_fraction) if justifications else [])
-        examples = build_examples(dialogue, data, just, config, progress)
+        examples = build_examples(dialogue, data, just, config, progress, stop)
         write_examples(examples_path, examples)
         key_path.write_text(key)
     used = sorted({f"{e.source}:{e.dialog_id}" for e in examples})
@@ -690,7 +712,7 @@ def run_training(
     # a GPU trains bfloat16 weights under autocast. Scoring below uses the service's own dtype.
     train_settings = (base_settings.model_copy(update={"lm_dtype": "float32"})
                       if base_settings.resolved_device() == "cpu" else base_settings)
-    summary = train(LanguageModel(train_settings), library, examples, out, config, progress, log)
+    summary = train(LanguageModel(train_settings), library, examples, out, config, progress, log, stop)
 
     result: dict[str, Any] = {"base_model": LanguageModel(base_settings).model_folder().name,
                               "config": asdict(config), "data": counts, "training": summary,
@@ -701,7 +723,7 @@ def run_training(
         scored: dict[str, list[HeldoutTurn]] = {}
         for name, dialogs in sorted(data.heldout.items()):
             manager = DialogueManager(library, LMRanker(tuned), lambda c, ch: TemplateJustifier(), rerank=config.pool)
-            scored[name] = score_heldout(manager, data.catalogs[name], dialogs, per_source, progress)
+            scored[name] = score_heldout(manager, data.catalogs[name], dialogs, per_source, progress, stop)
         pooled = [t for turns in scored.values() for t in turns]
         weight, table = fit_lm_weight(pooled)
         result["lm_weight"] = weight
@@ -714,7 +736,7 @@ def run_training(
             for name, dialogs in sorted(data.heldout.items()):
                 manager = DialogueManager(library, LMRanker(base_lm), lambda c, ch: TemplateJustifier(),
                                           rerank=config.pool)
-                turns = score_heldout(manager, data.catalogs[name], dialogs, per_source, progress)
+                turns = score_heldout(manager, data.catalogs[name], dialogs, per_source, progress, stop)
                 base_weight, _ = fit_lm_weight(turns)
                 heldout_figures[name]["base_lm_best_weight"] = {"weight": base_weight,
                                                                  **heldout_metrics(turns, base_weight)}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from retrieval import model_thread
 from retrieval.cli import fail
 from retrieval.settings import get_settings
 
@@ -40,6 +42,7 @@ def train(
         DialogSource,
         TrainConfig,
         TrainingDataError,
+        TrainingInterruptedError,
         default_sources,
         forbidden_ids,
         run_training,
@@ -77,11 +80,23 @@ def train(
         forbid = [test_split] if test_split.is_file() else []
     config = TrainConfig(steps=steps, batch=batch, seed=seed, lr=lr)
     target = out or Path(settings.data_dir) / "adapter"
-    try:
-        result = run_training(library, sources, target, config, justifications=justifications,
+    # All model work runs on the model thread (see `retrieval.model_thread`): training, then held-out
+    # scoring. Ctrl-C here asks the run to stop after the step under way, which saves a checkpoint.
+    stop = threading.Event()
+    job = model_thread.submit(run_training, library, sources, target, config, justifications=justifications,
                               forbidden=forbidden_ids(forbid), heldout_turns=heldout_turns,
                               compare_base=compare_base, progress=progress,
-                              log=lambda message: typer.echo(message, err=True))
+                              log=lambda message: typer.echo(message, err=True), stop=stop)
+    try:
+        try:
+            result = job.result()
+        except KeyboardInterrupt:
+            stop.set()
+            typer.secho("stopping after the current step (a checkpoint is saved) ...", fg=typer.colors.YELLOW,
+                        err=True)
+            result = job.result()
+    except TrainingInterruptedError as exc:
+        raise fail(str(exc), 130) from None
     except (TrainingDataError, CatalogError, DialogError, LanguageModelError, OSError) as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps({"out": str(target), "lm_weight": result["lm_weight"], "training": result["training"],

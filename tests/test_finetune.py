@@ -92,6 +92,39 @@ def _recchat(*args: str, env: dict[str, str], timeout: float = 600) -> subproces
                           timeout=timeout, cwd=Path(__file__).resolve().parents[1])
 
 
+def test_ctrl_c_stops_recchat_train_after_a_step_with_its_checkpoint(products, converted_lm, tmp_path: Path) -> None:
+    """Training runs on the model thread; Ctrl-C (SIGINT) ends it after the step under way, saved."""
+    import signal
+    import time
+
+    import torch
+
+    lines = (DATA / "shop_dialogs.jsonl").read_text().splitlines()
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines[:3]) + "\n")
+    out = tmp_path / "adapter"
+    env = {**os.environ, "RECCHAT_LM_MODEL": str(converted_lm), "OMP_NUM_THREADS": "2"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "chatbot", "train", "--steps", "500", "--batch", "1", "--out", str(out), "--dialogs",
+         str(train), "--catalog", "products", "--heldout-turns", "0", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert run.poll() is None, run.communicate()[1][-3000:]
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-3000:]
+    steps = len(log.read_text().splitlines())
+    assert 2 <= steps < 500
+    assert f"stopped after step {steps}" in stderr
+    state = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == steps  # the same command resumes from the last finished step
+
+
 def test_recchat_train_runs_resumes_and_writes_a_usable_adapter(products, converted_lm, tmp_path: Path) -> None:
     """`recchat train --steps 20` on a tiny slice: the real code path, small; a re-run resumes; the adapter
     it writes loads through the settings, changes the LM's scores, and brings its fitted fusion weight."""
