@@ -562,8 +562,8 @@ def train(
             _save_checkpoint(checkpoint, model, optimizer, scheduler, step + 1)
         if stopping:
             bar.close()
-            raise TrainingInterruptedError(f"stopped after step {step + 1}; the checkpoint is saved, and the same "
-                                  "command resumes from it")
+            raise TrainingInterruptedError(
+                f"stopped after step {step + 1}; the checkpoint is saved, and the same command resumes from it")
     bar.close()
     model.eval()
     model.save_pretrained(out)
