@@ -196,7 +196,9 @@ def _describes(before: str) -> bool:
 # something like Saw would be great"): the request that follows is for something else.
 _TASTE_BEFORE_RE = re.compile(r"\b(?:like|love|enjoy|adore|prefer|into|fan of)\s+(?:[\w'-]+\s+){0,2}$",
                               re.IGNORECASE)
-_TASTE_AFTER_RE = re.compile(r"\s*(?:[\w'-]+\s+)?(?:is|are|was|were)\b", re.IGNORECASE)
+_TASTE_AFTER_RE = re.compile(r"\s*(?:[\w'-]+\s+)?(?:is|are|was|were|'s|'re)\s+(?:(?:also|really|so|pretty|very)\s+)?"
+                             r"(?:good|great|fine|ok|okay|cool|nice|fun|awesome|amazing|alright|my favou?rites?|"
+                             r"the best)\b", re.IGNORECASE)
 
 
 def _requested(text: str, start: int, end: int) -> bool:

@@ -128,6 +128,7 @@ def test_only_what_is_asked_for_becomes_a_filter(movies: MessageInterpreter) -> 
         "horror": False, "action": False}
     assert requested("I would like a comedy") == {"comedy": True}
     assert requested("I want a comedy that is funny") == {"comedy": True}
+    assert requested("Comedy is what I want") == {"comedy": True}
     # A story about the past is no year filter; a request for a decade is.
     assert movies.interpret("Growing up in the 80s I loved Jaws (1975)", False).ranges == {}
     assert movies.interpret("I like thrillers, any from the 80s?", False).ranges == {"year": (1980.0, 1989.0)}
