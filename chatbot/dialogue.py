@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -296,18 +296,17 @@ class DialogueManager:
         return targets
 
     @staticmethod
-    def _relative_years(state: SessionState, tools: CatalogTools, way: str) -> tuple[float | None, float | None]:
+    def _relative_years(state: SessionState, tools: CatalogTools, way: Literal["newer", "older"],
+                        ) -> tuple[float | None, float | None]:
         """The year range "newer" or "older" asks for: than the last recommendations, else the liked items,
-        else than the catalog's recent (5 years) or old (30 years) items."""
-        year, newest = tools.interpreter.year_field, tools.interpreter.newest_year
+        else the catalog's recent or old years (`MessageInterpreter.era`)."""
+        year = tools.interpreter.year_field
         for ids in (state.last_recommendations, state.liked):
             years = [tools.catalog[i].numbers[year] for i in ids if i in tools.catalog
                      and year in tools.catalog[i].numbers]
             if years:
                 return (max(years) + 1, None) if way == "newer" else (None, min(years) - 1)
-        if newest is None:
-            return None, None
-        return (newest - 5, None) if way == "newer" else (None, newest - 30)
+        return tools.interpreter.era(way)
 
     @staticmethod
     def react(state: SessionState, item_id: str, reaction: str) -> None:

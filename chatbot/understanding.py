@@ -385,7 +385,9 @@ class MessageInterpreter:
         """
         if self.year_field is None:
             return None, None, None
-        for pattern, way in ((_RECENT_RE, "newer"), (_OLD_RE, "older")):
+        words: tuple[tuple[re.Pattern[str], Literal["newer", "older"]], ...] = (
+            (_RECENT_RE, "newer"), (_OLD_RE, "older"))
+        for pattern, way in words:
             for match in pattern.finditer(text):
                 if not _time_word_asked(text, match):
                     continue
@@ -396,12 +398,16 @@ class MessageInterpreter:
                     if mentioned_years:  # "like X or newer": X's year counts
                         return ((min(mentioned_years), None, None) if way == "newer"
                                 else (None, max(mentioned_years), None))
-                    return None, None, way  # type: ignore[return-value]
-                if self.newest_year is None:
-                    return None, None, None
-                return ((self.newest_year - 5, None, None) if way == "newer"
-                        else (None, self.newest_year - 30, None))
+                    return None, None, way
+                low, high = self.era(way)
+                return low, high, None
         return None, None, None
+
+    def era(self, way: Literal["newer", "older"]) -> tuple[float | None, float | None]:
+        """The years "recent" (the catalog's last 5) or "old" (30 and more before its newest) stand for."""
+        if self.newest_year is None:
+            return None, None
+        return (self.newest_year - 5, None) if way == "newer" else (None, self.newest_year - 30)
 
     def _ranges(self, text: str) -> dict[str, tuple[float | None, float | None]]:
         ranges: dict[str, tuple[float | None, float | None]] = {}
