@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import Future, wait
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -89,18 +90,27 @@ def train(
                               log=lambda message: typer.echo(message, err=True), stop=stop)
     try:
         try:
-            result = job.result()
+            result = _result(job)
         except KeyboardInterrupt:
             stop.set()
             typer.secho("stopping after the current step (a checkpoint is saved) ...", fg=typer.colors.YELLOW,
                         err=True)
-            result = job.result()
+            result = _result(job)
     except TrainingInterruptedError as exc:
         raise fail(str(exc), 130) from None
     except (TrainingDataError, CatalogError, DialogError, LanguageModelError, OSError) as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps({"out": str(target), "lm_weight": result["lm_weight"], "training": result["training"],
                            "heldout": {k: v for k, v in result["heldout"].items() if k != "fit"}}, indent=2))
+
+
+def _result(job: Future[Any]) -> Any:  # noqa: ANN401
+    """``job.result()``, waking up often: the kernel may hand SIGINT to a worker thread, and a main thread
+    blocked for good in a lock would then never run Python's handler (Ctrl-C would go unnoticed)."""
+    while True:
+        done, _ = wait([job], timeout=0.2)
+        if done:
+            return job.result()
 
 
 def register(app: typer.Typer) -> None:

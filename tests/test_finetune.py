@@ -109,14 +109,19 @@ def test_ctrl_c_stops_recchat_train_after_a_step_with_its_checkpoint(products, c
          str(train), "--catalog", "products", "--heldout-turns", "0", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     log = out / "train_log.jsonl"
-    deadline = time.monotonic() + 300
-    while run.poll() is None and time.monotonic() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    assert run.poll() is None, run.communicate()[1][-3000:]
-    run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while run.poll() is None and time.monotonic() < deadline:
+            if log.is_file() and len(log.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:  # never leave a training process behind a failed test
+            run.kill()
+            run.communicate()
     assert run.returncode == 130, stderr[-3000:]
     steps = len(log.read_text().splitlines())
     assert 2 <= steps < 500
