@@ -107,7 +107,9 @@ def test_ctrl_c_stops_recchat_train_after_a_step_with_its_checkpoint(products, c
     run = subprocess.Popen(
         [sys.executable, "-m", "chatbot", "train", "--steps", "500", "--batch", "1", "--out", str(out), "--dialogs",
          str(train), "--catalog", "products", "--heldout-turns", "0", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+        # A suite started in the background (nohup, `cmd &`) ignores SIGINT, and the child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = out / "train_log.jsonl"
     try:
         deadline = time.monotonic() + 300
