@@ -2,7 +2,8 @@
 
     python scripts/build_movies_catalog.py [--shared ../shared/datasets] [--skip-weights]
 
-Writes ``retrieval/data/movies.jsonl.gz`` (the ReDial movie catalog, 6,924 items, normalised) and
+Writes ``retrieval/data/movies.jsonl.gz`` (the ReDial movie catalog, 6,924 items, normalised, with
+MovieLens's genres after IMDb's) and
 ``retrieval/data/movies.priors.json.gz`` (popularity and co-occurrence from the ReDial train-split
 conversations, E-ReDial's included, MovieLens item-item neighbours, and fusion weights fitted on those
 conversations).
@@ -29,6 +30,8 @@ from retrieval.dialogs import Dialog, Turn, merge_turns, read_dialogs  # noqa: E
 from retrieval.priors import InteractionPriors  # noqa: E402
 
 KEEP = ("genre", "plot", "director", "writer", "star")
+# MovieLens genre names that differ from the IMDb names the ReDial catalog uses; "IMAX" is a format, not a genre.
+MOVIELENS_GENRES = {"children": "family", "imax": None, "(no genres listed)": None}
 TRAIN_FILES = ("kgsf_valid_data.jsonl", "cfcrs_valid_data.jsonl", "kepler_subset_train_data.jsonl",
                "kepler_subset_valid_data.jsonl")
 
@@ -41,6 +44,8 @@ def slim_catalog(shared: Path, out_dir: Path) -> tuple[Catalog, dict[str, str]]:
             raw = json.loads(line)
             row = {"id": raw["redial_id"], "title": raw["title"]}
             row.update({k: raw[k] for k in KEEP if raw.get(k)})
+            if genres := merged_genres(raw.get("genre") or [], raw.get("movielens_genres") or []):
+                row["genre"] = genres
             if raw.get("movielens_tags"):
                 row["tags"] = raw["movielens_tags"][:10]
             if raw.get("movielens_id"):
@@ -51,6 +56,20 @@ def slim_catalog(shared: Path, out_dir: Path) -> tuple[Catalog, dict[str, str]]:
     catalog = load_catalog(tmp, "movies")
     tmp.unlink()
     return catalog, movielens
+
+
+def merged_genres(imdb: list[str], movielens: list[str]) -> list[str]:
+    """IMDb's genres (at most three per film in the ReDial catalog), then MovieLens's others.
+
+    The ReDial records stop at three genres, so "a family movie" found neither Up nor Coco (animation,
+    adventure, comedy); MovieLens lists them as Children's films too.
+    """
+    out = [g.lower() for g in imdb]
+    for genre in movielens:
+        name = MOVIELENS_GENRES.get(genre.lower(), genre.lower())
+        if name and name not in out:
+            out.append(name)
+    return out
 
 
 def train_dialogs(shared: Path, catalog: Catalog) -> list[Dialog]:

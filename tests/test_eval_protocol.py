@@ -139,3 +139,26 @@ def test_cross_fitting_folds_keep_each_recommender_together() -> None:
     sizes = Counter(fold_of.values())
     assert len(sizes) == 5 and max(sizes.values()) - min(sizes.values()) <= max(
         sum(d.group == g for d in dialogs) for g in by_group)
+
+
+def test_bundled_genres_are_the_source_records_imdb_then_movielens() -> None:
+    """Every genre of the demo catalog is in its source record (IMDb's, at most three, then MovieLens's),
+    so a reply that names a genre states a fact, and "a family movie" can find Up, which IMDb's three miss."""
+    source = {}
+    with open(shared_or_skip("redial/catalog/redial_catalog_merged.jsonl"), encoding="utf-8") as fh:
+        for line in fh:
+            raw = json.loads(line)
+            movielens = [{"children": "family"}.get(g.lower(), g.lower()) for g in raw.get("movielens_genres") or []]
+            source[raw["redial_id"]] = ([g.lower() for g in raw.get("genre") or []], movielens)
+    catalog = _bundled_movies()
+    extended = 0
+    for item in catalog:
+        genres = item.lists.get("genre", [])
+        imdb, movielens = source[item.id]
+        assert genres[: len(imdb)] == imdb, item.title  # IMDb's order first: they are shown first
+        assert set(genres) <= set(imdb) | set(movielens), item.title
+        assert "imax" not in genres
+        extended += len(genres) > len(imdb)
+    assert extended > 1000
+    up = next(item for item in catalog if item.title == "Up (2009)")
+    assert {"animation", "family"} <= set(up.lists["genre"])
