@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Callable
@@ -73,6 +74,11 @@ def index_catalog(
     )
 
 
+def _digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (catalog files are a few MB at most)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 class Library:
     """Named catalogs: the normalised catalog file, its priors and its Chroma collection.
 
@@ -142,7 +148,7 @@ class Library:
     def remove(self, name: str) -> None:
         """Forget a catalog: its file, priors and collection."""
         self.store.drop(name)
-        for path in (self.catalog_path(name), self.priors_path(name)):
+        for path in (self.catalog_path(name), self.priors_path(name), self._marker_path(name)):
             path.unlink(missing_ok=True)
         self._catalogs.pop(name, None)
         self._generators.pop(name, None)
@@ -154,7 +160,7 @@ class Library:
         if name in self._catalogs:
             return self._catalogs[name]
         path = self.catalog_path(name)
-        if path.is_file() and self.store.has(name):
+        if path.is_file() and self.store.has(name) and not self._outdated_bundled(name, path):
             catalog = Catalog.load_normalised(path, name)
         elif name in self.bundled():
             catalog = self._install_bundled(name)
@@ -172,11 +178,41 @@ class Library:
         return InteractionPriors.load(path) if path.is_file() else None
 
     def _install_bundled(self, name: str) -> Catalog:
-        self.log(f"First use of the bundled '{name}' catalog: building its index (a few minutes on 2 cores, once)...")
-        catalog = Catalog.load_normalised(self.bundled_path(name, ".jsonl.gz"), name)
-        stats = self.add(catalog)
+        if self.catalog_path(name).is_file():
+            self.log(f"The bundled '{name}' catalog has changed since it was indexed here: updating its index...")
+        else:
+            self.log(f"First use of the bundled '{name}' catalog: building its index (a few minutes on 2 cores, "
+                     "once)...")
+        bundled = self.bundled_path(name, ".jsonl.gz")
+        catalog = Catalog.load_normalised(bundled, name)
+        stats = self.add(catalog)  # incremental: only changed items are embedded again
+        self._marker_path(name).write_text(_digest(self.catalog_path(name)) + "\n", encoding="utf-8")
         self.log(f"Indexed {stats.items} items in {stats.seconds:.1f} s.")
         return catalog
+
+    def _marker_path(self, name: str) -> Path:
+        return self.catalog_dir / f"{name}.bundled.sha256"
+
+    def _outdated_bundled(self, name: str, installed: Path) -> bool:
+        """Whether ``installed`` is a bundled catalog as an earlier release shipped it (a new one replaces it).
+
+        Installing writes a marker with the installed file's digest. A catalog indexed under the same name
+        afterwards (`recchat index --name`) no longer matches its marker and is the user's: it is kept.
+        Data dirs from before markers: the copy is taken as the bundled one when it has no priors of its
+        own and exactly the bundled item ids.
+        """
+        bundled = self.bundled_path(name, ".jsonl.gz")
+        if not bundled.is_file():
+            return False
+        current = _digest(installed)
+        if current == _digest(bundled):
+            return False
+        marker = self._marker_path(name)
+        if marker.is_file():
+            return marker.read_text(encoding="utf-8").strip() == current
+        if self.priors_path(name).is_file():
+            return False
+        return set(Catalog.load_normalised(installed, name).ids) == set(Catalog.load_normalised(bundled, name).ids)
 
     def generator(self, name: str | None = None) -> CandidateGenerator:
         """A `CandidateGenerator` over a named catalog with its priors (cached per catalog)."""
