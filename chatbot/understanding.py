@@ -13,7 +13,7 @@ from typing import Literal
 
 from chatbot.grounding import scan, unsafe_title, unsafe_value
 from retrieval.catalog import Catalog
-from retrieval.linking import EntityLinker
+from retrieval.linking import EntityLinker, ItemMention
 
 Act = Literal["recommend", "question", "chitchat", "feedback", "repeat", "reset"]
 Polarity = Literal["like", "dislike", "seen"]
@@ -164,6 +164,27 @@ def _clause_of(text: str, start: int) -> tuple[int, int]:
     return 0, len(text)
 
 
+# A liking said after a negation, in a new part of the sentence ("not too stupid, like a good comedy", "I don't
+# like horror, I like comedy"), ends the negation's reach; "nothing like X", "don't want anything like X" do not.
+_POSITIVE_CUES = re.compile(r"\b(?:like[sd]?|lov(?:e[sd]?|ing)|enjoy(?:s|ed)?|want|prefer|looking for|fan of|into|"
+                            r"interested in|favou?rites?)\b", re.IGNORECASE)
+_NEW_PART_RE = re.compile(r",|\b(?:i|we|i'?m|i'?d|we'?d|i'?ve)\s+(?:(?:really|also|do|would|just|still)\s+)?$",
+                          re.IGNORECASE)
+
+
+def _negated(before: str, after: str) -> bool:
+    """Whether a negation cue in ``before`` (the clause up to a mention) still reaches the mention; ``after``
+    is the rest of the clause ("no horror, comedy is fine": a judgement after a new part ends it too)."""
+    negations = list(_NEGATIVE_CUES.finditer(before))
+    if not negations:
+        return False
+    last = negations[-1]
+    for positive in _POSITIVE_CUES.finditer(before, last.end()):
+        if _NEW_PART_RE.search(before[last.end():positive.start()]):
+            return False
+    return not ("," in before[last.end():] and _TASTE_AFTER_RE.match(after))
+
+
 def _polarity(text: str, start: int, end: int) -> Polarity:
     """Like, dislike or seen, from cue words in the mention's own clause before the mention (or just after)."""
     low, high = _clause_of(text, start)
@@ -171,7 +192,7 @@ def _polarity(text: str, start: int, end: int) -> Polarity:
     after = text[end:min(high, end + 25)]
     if _SEEN_CUES.search(before) or _SEEN_CUES.search(after):
         return "seen"
-    if _NEGATIVE_CUES.search(before) or re.match(r"\s*(?:is|was)?\s*(?:boring|awful|terrible|overrated)", after):
+    if _negated(before, text[end:high]) or re.match(r"\s*(?:is|was)?\s*(?:boring|awful|terrible|overrated)", after):
         return "dislike"
     return "like"
 
@@ -206,7 +227,10 @@ def _requested(text: str, start: int, end: int) -> bool:
     rather than a description of a thing or a taste told on the way."""
     low, high = _clause_of(text, start)
     before, after = text[low:start], text[end:high]
-    told = not _REQUEST_RE.search(before) and bool(_TASTE_BEFORE_RE.search(before) or _TASTE_AFTER_RE.match(after))
+    taste = _TASTE_BEFORE_RE.search(before)
+    # "I like anything with X" tells a taste: a request word inside the taste's own words does not ask.
+    asking = any(taste is None or m.start() < taste.start() for m in _REQUEST_RE.finditer(before))
+    told = not asking and bool(taste or _TASTE_AFTER_RE.match(after))
     return _asks(before + " " + after) and not _describes(before) and not told
 
 
@@ -216,6 +240,10 @@ def _time_word_asked(text: str, match: re.Match[str]) -> bool:
     low, high = _clause_of(text, match.start())
     before = text[low:match.start()]
     return _asks(text[low:high]) and not _describes(before) and not _NEGATIVE_CUES.search(before)
+
+
+# Between a title and a value said of it: "Heat (1995), with Al Pacino", "Alien by Ridley Scott".
+_OF_TITLE_GAP_RE = re.compile(r"\s*,?\s*(?:with|starring|featuring|by|directed by|from)\s+", re.IGNORECASE)
 
 
 def _range_asked(text: str) -> bool:
@@ -310,6 +338,16 @@ class MessageInterpreter:
                                     match.start())
         return [signal for _, signal, _ in sorted(by_value.values(), key=lambda v: v[2])]
 
+    def _describes_title(self, text: str, attribute: AttributeSignal, mentions: list[ItemMention]) -> bool:
+        """Whether a value right after a named item is said of it: "like The Hole (2001), with Keira Knightley"
+        asks for films like The Hole, not for every Keira Knightley film. Only when the item's record has it."""
+        for mention in mentions:
+            if mention.end <= attribute.start and _OF_TITLE_GAP_RE.fullmatch(text[mention.end:attribute.start]):
+                values = self.catalog[mention.item_id].lists.get(attribute.field, [])
+                if attribute.value.lower() in {v.lower() for v in values}:
+                    return True
+        return False
+
     def interpret(self, text: str, has_recommendations: bool) -> Understanding:
         """Read one user message.
 
@@ -327,6 +365,9 @@ class MessageInterpreter:
         items = [ItemSignal(m.item_id, _polarity(text, m.start, m.end), m.surface) for m in mentions]
         title_spans = [(m.start, m.end) for m in mentions]
         attributes = [a for a in self._attributes(text, title_spans) if not unsafe_value(a.value)]
+        for attribute in attributes:
+            if attribute.requested and self._describes_title(text, attribute, mentions):
+                attribute.requested = False
         # A budget is always a limit; years and ratings only when asked for ("something from the 80s"), not
         # in a story ("being a kid from the 80s, I like the original better").
         ranges = {name: bounds for name, bounds in self._ranges(text).items()

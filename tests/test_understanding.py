@@ -50,6 +50,23 @@ def test_negated_genre_and_clause_split(movies: MessageInterpreter) -> None:
     assert got == {("thriller", "like"), ("horror", "dislike")}
 
 
+def test_a_negation_reaches_only_as_far_as_a_new_liking(movies: MessageInterpreter) -> None:
+    def genres(text: str) -> dict[str, str]:
+        return {a.value: a.polarity for a in movies.interpret(text, False).attributes if a.field == "genre"}
+
+    assert genres("I want a fun but not too stupid movie, like a good comedy") == {"comedy": "like"}
+    assert genres("i don't like horror, i like comedy") == {"horror": "dislike", "comedy": "like"}
+    assert genres("no horror, comedy is fine") == {"horror": "dislike", "comedy": "like"}
+    # A negation still reaches a list, and "like" used as a comparison inside it.
+    assert genres("I don't like horror or comedy") == {"horror": "dislike", "comedy": "dislike"}
+    assert genres("I don't want anything like horror") == {"horror": "dislike"}
+    assert genres("nothing like horror please") == {"horror": "dislike"}
+    assert genres("I hate horror, comedy is awful too") == {"horror": "dislike", "comedy": "dislike"}
+    u = movies.interpret("I didn't like Heat (1995), I loved Titanic (1997)", False)
+    assert [(_title(movies, s.item_id), s.polarity) for s in u.items] == [
+        ("Heat (1995)", "dislike"), ("Titanic (1997)", "like")]
+
+
 def test_references_to_earlier_recommendations(movies: MessageInterpreter) -> None:
     assert movies.interpret("Who directed the second one?", True).references == [1]
     assert movies.interpret("tell me more about the last one", True).references == [-1]
@@ -129,6 +146,12 @@ def test_only_what_is_asked_for_becomes_a_filter(movies: MessageInterpreter) -> 
     assert requested("I would like a comedy") == {"comedy": True}
     assert requested("I want a comedy that is funny") == {"comedy": True}
     assert requested("Comedy is what I want") == {"comedy": True}
+    # "like anything with X" tells a taste; "I'd like anything with X" asks.
+    assert requested("But I like anything with Al Pacino") == {"Al Pacino": False}
+    assert requested("I'd like anything with Al Pacino") == {"Al Pacino": True}
+    # A value said of the title just named describes it (only when its record has it).
+    assert requested("I want something like Heat (1995), with Al Pacino") == {"Al Pacino": False}
+    assert requested("I want something like Titanic (1997), with Al Pacino") == {"Al Pacino": True}
     # A story about the past is no year filter; a request for a decade is.
     assert movies.interpret("Growing up in the 80s I loved Jaws (1975)", False).ranges == {}
     assert movies.interpret("I like thrillers, any from the 80s?", False).ranges == {"year": (1980.0, 1989.0)}
