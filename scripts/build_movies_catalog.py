@@ -3,7 +3,7 @@
     python scripts/build_movies_catalog.py [--shared ../shared/datasets] [--skip-weights]
 
 Writes ``retrieval/data/movies.jsonl.gz`` (the ReDial movie catalog, 6,924 items, normalised, with
-MovieLens's genres after IMDb's) and
+MovieLens's genres after IMDb's, and MovieLens's year where the title has none) and
 ``retrieval/data/movies.priors.json.gz`` (popularity and co-occurrence from the ReDial train-split
 conversations, E-ReDial's included, MovieLens item-item neighbours, and fusion weights fitted on those
 conversations).
@@ -46,6 +46,8 @@ def slim_catalog(shared: Path, out_dir: Path) -> tuple[Catalog, dict[str, str]]:
             row.update({k: raw[k] for k in KEEP if raw.get(k)})
             if genres := merged_genres(raw.get("genre") or [], raw.get("movielens_genres") or []):
                 row["genre"] = genres
+            if not _YEAR.search(raw["title"]) and (year := _YEAR.search(raw.get("movielens_title") or "")):
+                row["year"] = int(year.group(1))  # the same film (linked by IMDb id); the title lacks its year
             if raw.get("movielens_tags"):
                 row["tags"] = raw["movielens_tags"][:10]
             if raw.get("movielens_id"):
@@ -89,7 +91,7 @@ def train_dialogs(shared: Path, catalog: Catalog) -> list[Dialog]:
 
 
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
-_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 
 
 def _title_key(title: str) -> str:

@@ -141,24 +141,31 @@ def test_cross_fitting_folds_keep_each_recommender_together() -> None:
         sum(d.group == g for d in dialogs) for g in by_group)
 
 
-def test_bundled_genres_are_the_source_records_imdb_then_movielens() -> None:
-    """Every genre of the demo catalog is in its source record (IMDb's, at most three, then MovieLens's),
-    so a reply that names a genre states a fact, and "a family movie" can find Up, which IMDb's three miss."""
+def test_bundled_records_hold_only_what_their_sources_say() -> None:
+    """Genres are IMDb's (at most three, first: they are shown first), then MovieLens's others; a title without
+    its year takes MovieLens's. So a reply that names a genre or a year states a fact, and "a family movie" can
+    find Up, which IMDb's three genres miss."""
     source = {}
     with open(shared_or_skip("redial/catalog/redial_catalog_merged.jsonl"), encoding="utf-8") as fh:
         for line in fh:
             raw = json.loads(line)
-            movielens = [{"children": "family"}.get(g.lower(), g.lower()) for g in raw.get("movielens_genres") or []]
-            source[raw["redial_id"]] = ([g.lower() for g in raw.get("genre") or []], movielens)
+            source[raw["redial_id"]] = raw
     catalog = _bundled_movies()
-    extended = 0
+    extended = dated = 0
     for item in catalog:
+        raw = source[item.id]
         genres = item.lists.get("genre", [])
-        imdb, movielens = source[item.id]
-        assert genres[: len(imdb)] == imdb, item.title  # IMDb's order first: they are shown first
-        assert set(genres) <= set(imdb) | set(movielens), item.title
-        assert "imax" not in genres
+        imdb = [g.lower() for g in raw.get("genre") or []]
+        movielens = [{"children": "family"}.get(g.lower(), g.lower()) for g in raw.get("movielens_genres") or []]
+        assert genres[: len(imdb)] == imdb, item.title
+        assert set(genres) <= set(imdb) | set(movielens) and "imax" not in genres, item.title
         extended += len(genres) > len(imdb)
-    assert extended > 1000
-    up = next(item for item in catalog if item.title == "Up (2009)")
-    assert {"animation", "family"} <= set(up.lists["genre"])
+        if "year" in item.numbers:
+            years = re.findall(r"\((\d{4})\)\s*$", raw["title"]) or re.findall(r"\((\d{4})\)\s*$",
+                                                                              raw.get("movielens_title") or "")
+            assert years and item.numbers["year"] == float(years[0]), item.title
+            dated += not re.search(r"\(\d{4}\)\s*$", raw["title"])
+    assert extended > 1000 and dated > 250
+    by_title = {item.title: item for item in catalog}
+    assert {"animation", "family"} <= set(by_title["Up (2009)"].lists["genre"])
+    assert by_title["The Big Lebowski"].numbers["year"] == 1998
