@@ -160,10 +160,11 @@ class Library:
         if name in self._catalogs:
             return self._catalogs[name]
         path = self.catalog_path(name)
-        if path.is_file() and self.store.has(name) and not self._outdated_bundled(name, path):
+        indexed = path.is_file() and self.store.has(name)
+        if indexed and not self._outdated_bundled(name, path):
             catalog = Catalog.load_normalised(path, name)
         elif name in self.bundled():
-            catalog = self._install_bundled(name)
+            catalog = self._install_bundled(name, update=indexed)
         else:
             raise CatalogError(f"unknown catalog {name!r}; available: {', '.join(self.names())}. "
                                "Index one with: recchat index --catalog PATH --name NAME")
@@ -177,8 +178,8 @@ class Library:
             path = self.bundled_path(name, ".priors.json.gz")
         return InteractionPriors.load(path) if path.is_file() else None
 
-    def _install_bundled(self, name: str) -> Catalog:
-        if self.catalog_path(name).is_file():
+    def _install_bundled(self, name: str, update: bool = False) -> Catalog:
+        if update:
             self.log(f"The bundled '{name}' catalog has changed since it was indexed here: updating its index...")
         else:
             self.log(f"First use of the bundled '{name}' catalog: building its index (a few minutes on 2 cores, "
