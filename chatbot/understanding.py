@@ -60,8 +60,9 @@ _RESET_RE = re.compile(r"\b(?:start over|forget (?:everything|all|what i said)|r
 # Asking, as opposed to telling a taste: only what is asked for becomes a hard filter.
 _REQUEST_RE = re.compile(
     r"\b(?:recommend|recommendations?|suggest|suggestions?|looking for|look for|want|wanna|need|in the mood|"
-    r"mood for|show me|find me|give me|get me|what about|how about|any|anything|something|please|would like|"
-    r"i'?d like|(?:i'?d|would) (?:prefer|rather)|can you|could you|do you have|search(?:ing)?)\b",
+    r"mood for|show me|find me|give me|get me|what about|how about|any|anything|something|please|"
+    r"(?:i'?d|we'?d|would)\s+(?:really\s+)?(?:like|love|enjoy|prefer|rather)|can you|could you|do you have|"
+    r"search(?:ing)?)\b",
     re.IGNORECASE,
 )
 _INDEFINITE_RE = re.compile(r"\W*(?:a|an|some)\b", re.IGNORECASE)  # "a comedy from the 80s"
@@ -164,25 +165,29 @@ def _clause_of(text: str, start: int) -> tuple[int, int]:
     return 0, len(text)
 
 
-# A liking said after a negation, in a new part of the sentence ("not too stupid, like a good comedy", "I don't
-# like horror, I like comedy"), ends the negation's reach; "nothing like X", "don't want anything like X" do not.
-_POSITIVE_CUES = re.compile(r"\b(?:like[sd]?|lov(?:e[sd]?|ing)|enjoy(?:s|ed)?|want|prefer|looking for|fan of|into|"
-                            r"interested in|favou?rites?)\b", re.IGNORECASE)
-_NEW_PART_RE = re.compile(r",|\b(?:i|we|i'?m|i'?d|we'?d|i'?ve)\s+(?:(?:really|also|do|would|just|still)\s+)?$",
-                          re.IGNORECASE)
+# What ends a negation's reach, after a comma: the user saying what they do like ("I don't like horror, I like
+# comedy", "no Samsung, I want Apple", "no horror, comedy is fine"). A bare ", like X" is an example of what was
+# negated ("no Android phones, like the Pixel 7"), except after a degree ("not too stupid, like a good comedy").
+_LIKING_RE = re.compile(r"\b(?:i|we|i'?d|we'?d|i'?m|we'?re)\s+(?:(?:really|also|do|would|just|still|much|am|are)\s+)*"
+                        r"(?:lik|lov|enjoy|want|prefer|looking for|into)", re.IGNORECASE)
+_DEGREE_RE = re.compile(r"\s+(?:too|so|very|overly)\b", re.IGNORECASE)
 
 
 def _negated(before: str, after: str) -> bool:
     """Whether a negation cue in ``before`` (the clause up to a mention) still reaches the mention; ``after``
-    is the rest of the clause ("no horror, comedy is fine": a judgement after a new part ends it too)."""
+    is the rest of the clause."""
     negations = list(_NEGATIVE_CUES.finditer(before))
     if not negations:
         return False
     last = negations[-1]
-    for positive in _POSITIVE_CUES.finditer(before, last.end()):
-        if _NEW_PART_RE.search(before[last.end():positive.start()]):
-            return False
-    return not ("," in before[last.end():] and _TASTE_AFTER_RE.match(after))
+    rest = before[last.end():]
+    comma = rest.find(",")
+    if comma < 0:
+        return True
+    later = rest[comma:]
+    degree = last.group(0).lower() == "not" and _DEGREE_RE.match(rest)
+    return not (_LIKING_RE.search(later) or _TASTE_AFTER_RE.match(after)
+                or (degree and re.search(r"\blike\b", later, re.IGNORECASE)))
 
 
 def _polarity(text: str, start: int, end: int) -> Polarity:
@@ -343,7 +348,8 @@ class MessageInterpreter:
         asks for films like The Hole, not for every Keira Knightley film. Only when the item's record has it."""
         for mention in mentions:
             if mention.end <= attribute.start and _OF_TITLE_GAP_RE.fullmatch(text[mention.end:attribute.start]):
-                values = self.catalog[mention.item_id].lists.get(attribute.field, [])
+                item = self.catalog[mention.item_id]
+                values = item.lists.get(attribute.field) or [item.text.get(attribute.field, "")]
                 if attribute.value.lower() in {v.lower() for v in values}:
                     return True
         return False

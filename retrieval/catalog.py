@@ -14,7 +14,9 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -153,7 +155,7 @@ class Catalog:
     def save_jsonl(self, path: Path) -> None:
         """Write the normalised catalog (one `Item` per line, gzip when the name ends in .gz)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers never share one
         text = "".join(item.model_dump_json() + "\n" for item in self.items).encode("utf-8")
         # mtime=0: the same catalog gives the same bytes (the bundled file is in git).
         tmp.write_bytes(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)

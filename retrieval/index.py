@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +98,7 @@ class Library:
         self._catalogs: dict[str, Catalog] = {}
         self._generators: dict[str, CandidateGenerator] = {}
         self._linkers: dict[str, tuple[Catalog, EntityLinker]] = {}
+        self._install_lock = threading.Lock()
 
     @property
     def store(self) -> VectorStore:
@@ -136,6 +139,8 @@ class Library:
             progress: bool = True) -> IndexStats:
         """Index a catalog under its name (incremental) and remember it."""
         catalog.name = safe_name(catalog.name)
+        # Whatever is indexed under a name from now on is no longer a bundled copy (see `_outdated_bundled`).
+        self._marker_path(catalog.name).unlink(missing_ok=True)
         stats = index_catalog(catalog, self.store, self.embedder, progress=progress)
         catalog.save_jsonl(self.catalog_path(catalog.name))
         if priors is not None:
@@ -160,16 +165,19 @@ class Library:
         if name in self._catalogs:
             return self._catalogs[name]
         path = self.catalog_path(name)
-        indexed = path.is_file() and self.store.has(name)
-        if indexed and not self._outdated_bundled(name, path):
-            catalog = Catalog.load_normalised(path, name)
-        elif name in self.bundled():
-            catalog = self._install_bundled(name, update=indexed)
-        else:
-            raise CatalogError(f"unknown catalog {name!r}; available: {', '.join(self.names())}. "
-                               "Index one with: recchat index --catalog PATH --name NAME")
-        self._catalogs[name] = catalog
-        return catalog
+        with self._install_lock:  # two first uses at once (warm-up and a request) index once
+            if name in self._catalogs:
+                return self._catalogs[name]
+            indexed = path.is_file() and self.store.has(name)
+            if indexed and not self._outdated_bundled(name, path):
+                catalog = Catalog.load_normalised(path, name)
+            elif name in self.bundled():
+                catalog = self._install_bundled(name, update=indexed)
+            else:
+                raise CatalogError(f"unknown catalog {name!r}; available: {', '.join(self.names())}. "
+                                   "Index one with: recchat index --catalog PATH --name NAME")
+            self._catalogs[name] = catalog
+            return catalog
 
     def priors(self, name: str) -> InteractionPriors | None:
         """Popularity, co-occurrence and fusion weights learned for a catalog, if any."""
@@ -187,33 +195,47 @@ class Library:
         bundled = self.bundled_path(name, ".jsonl.gz")
         catalog = Catalog.load_normalised(bundled, name)
         stats = self.add(catalog)  # incremental: only changed items are embedded again
-        self._marker_path(name).write_text(_digest(self.catalog_path(name)) + "\n", encoding="utf-8")
-        self.log(f"Indexed {stats.items} items in {stats.seconds:.1f} s.")
+        self._write_marker(name)
+        self.log(f"Indexed {stats.items} items ({stats.embedded} embedded) in {stats.seconds:.1f} s.")
         return catalog
 
     def _marker_path(self, name: str) -> Path:
-        return self.catalog_dir / f"{name}.bundled.sha256"
+        return self.catalog_dir / f"{name}.bundled"
+
+    def _write_marker(self, name: str) -> None:
+        """Record which bundled file the installed copy came from: "<installed digest> <bundled digest>"."""
+        marker = self._marker_path(name)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{_digest(self.catalog_path(name))} {_digest(self.bundled_path(name, '.jsonl.gz'))}\n",
+                       encoding="utf-8")
+        tmp.replace(marker)  # never a torn marker
 
     def _outdated_bundled(self, name: str, installed: Path) -> bool:
         """Whether ``installed`` is a bundled catalog as an earlier release shipped it (a new one replaces it).
 
-        Installing writes a marker with the installed file's digest. A catalog indexed under the same name
-        afterwards (`recchat index --name`) no longer matches its marker and is the user's: it is kept.
-        Data dirs from before markers: the copy is taken as the bundled one when it has no priors of its
-        own and exactly the bundled item ids.
+        Installing writes a marker with the digests of the installed copy and of the bundled file it came
+        from; `add` removes it, so a catalog the user indexes under the same name is theirs and is kept. The
+        copy is outdated when it is still the one installed and the bundled file is no longer the one it came
+        from (digests of files, not re-encodings: a zlib that compresses differently changes nothing).
+        Data dirs from before markers: the copy is the bundled one when it has no priors of its own and the
+        bundled item ids; it is outdated when its records differ.
         """
         bundled = self.bundled_path(name, ".jsonl.gz")
         if not bundled.is_file():
             return False
-        current = _digest(installed)
-        if current == _digest(bundled):
-            return False
         marker = self._marker_path(name)
         if marker.is_file():
-            return marker.read_text(encoding="utf-8").strip() == current
+            installed_digest, _, bundled_digest = marker.read_text(encoding="utf-8").strip().partition(" ")
+            return installed_digest == _digest(installed) and bundled_digest != _digest(bundled)
         if self.priors_path(name).is_file():
             return False
-        return set(Catalog.load_normalised(installed, name).ids) == set(Catalog.load_normalised(bundled, name).ids)
+        old, new = Catalog.load_normalised(installed, name), Catalog.load_normalised(bundled, name)
+        if set(old.ids) != set(new.ids):
+            return False  # the user's own catalog under this name
+        if all(old[i] == new[i] for i in new.ids):
+            self._write_marker(name)  # up to date: check by digest from now on
+            return False
+        return True
 
     def generator(self, name: str | None = None) -> CandidateGenerator:
         """A `CandidateGenerator` over a named catalog with its priors (cached per catalog)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -169,3 +170,14 @@ def test_bundled_records_hold_only_what_their_sources_say() -> None:
     by_title = {item.title: item for item in catalog}
     assert {"animation", "family"} <= set(by_title["Up (2009)"].lists["genre"])
     assert by_title["The Big Lebowski"].numbers["year"] == 1998
+
+
+def test_merged_genres_keep_imdb_first_and_map_movielens_names() -> None:
+    spec = importlib.util.spec_from_file_location("build", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "build_movies_catalog.py")
+    build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(build)  # type: ignore[union-attr]
+    assert build.merged_genres(["animation", "adventure", "comedy"], ["Adventure", "Animation", "Children", "Drama",
+                                                                      "IMAX"]) == [
+        "animation", "adventure", "comedy", "family", "drama"]
+    assert build.merged_genres([], ["(no genres listed)"]) == []

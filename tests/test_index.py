@@ -68,34 +68,43 @@ def test_bundled_catalog_indexes_on_first_use(settings, embedder, tmp_path: Path
 
 
 def test_a_new_release_of_a_bundled_catalog_replaces_the_indexed_copy(settings, embedder, tmp_path: Path) -> None:  # noqa: ANN001
-    """Upgrading the package updates the demo catalog's index; a catalog the user indexed under its name is kept."""
+    """Upgrading the package updates the demo catalog's index, re-embedding only what changed; a catalog the user
+    indexed under its name is kept."""
     bundled = tmp_path / "bundled"
     first = load_catalog(DATA / "movies_small.jsonl", "demo")
     first.save_jsonl(bundled / "demo.jsonl.gz")
-    Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).catalog("demo")
 
+    def open_demo() -> tuple[Catalog, list[str]]:
+        messages: list[str] = []
+        library = Library(settings, embedder=embedder, log=messages.append, bundled_dir=bundled)
+        return library.catalog("demo"), messages
+
+    open_demo()
     # The next release adds a genre to one film.
     items = list(first)
-    changed = items[0].model_copy(update={"lists": {**items[0].lists, "genre": [*items[0].lists.get("genre", []),
-                                                                                  "family"]}})
+    genres = [*items[0].lists.get("genre", []), "family"]
+    changed = items[0].model_copy(update={"lists": {**items[0].lists, "genre": genres}})
     Catalog("demo", [changed, *items[1:]]).save_jsonl(bundled / "demo.jsonl.gz")
-    messages: list[str] = []
-    upgraded = Library(settings, embedder=embedder, log=messages.append, bundled_dir=bundled)
-    assert "family" in upgraded.catalog("demo")[changed.id].lists["genre"]
-    assert any("has changed" in m for m in messages)
-    assert upgraded.store.count("demo") == 49
-    messages.clear()
-    assert Library(settings, embedder=embedder, log=messages.append, bundled_dir=bundled).catalog("demo") is not None
-    assert messages == []  # up to date: nothing indexed again
+    upgraded, messages = open_demo()
+    assert "family" in upgraded[changed.id].lists["genre"]
+    assert any("has changed" in m for m in messages) and any("(1 embedded)" in m for m in messages)
+    store = Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).store
+    assert store.count("demo") == 49
+    assert open_demo()[1] == []  # up to date: nothing indexed again
 
-    # A data dir indexed before installs left a marker: the same ids and no priors of its own make it the bundled one.
-    (settings.data_dir / "catalogs" / "demo.bundled.sha256").unlink()
+    # A data dir indexed before installs left a marker: the same ids and no priors of its own make it the
+    # bundled copy; an unchanged one is recognised without indexing.
+    marker = settings.data_dir / "catalogs" / "demo.bundled"
+    marker.unlink()
+    assert open_demo()[1] == [] and marker.is_file()
+    marker.unlink()
     Catalog("demo", items).save_jsonl(bundled / "demo.jsonl.gz")
-    legacy = Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).catalog("demo")
-    assert "family" not in legacy[changed.id].lists.get("genre", [])
+    legacy, messages = open_demo()
+    assert "family" not in legacy[changed.id].lists.get("genre", []) and any("has changed" in m for m in messages)
 
     # The user indexes their own catalog under the bundled name: a later release does not overwrite it.
-    upgraded.add(Catalog("demo", items[:10]), progress=False)
+    Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).add(
+        Catalog("demo", items[:10]), progress=False)
     Catalog("demo", [changed, *items[1:]]).save_jsonl(bundled / "demo.jsonl.gz")
-    kept = Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).catalog("demo")
-    assert len(kept) == 10
+    kept, messages = open_demo()
+    assert len(kept) == 10 and messages == []

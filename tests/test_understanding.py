@@ -65,6 +65,10 @@ def test_a_negation_reaches_only_as_far_as_a_new_liking(movies: MessageInterpret
     u = movies.interpret("I didn't like Heat (1995), I loved Titanic (1997)", False)
     assert [(_title(movies, s.item_id), s.polarity) for s in u.items] == [
         ("Heat (1995)", "dislike"), ("Titanic (1997)", "like")]
+    # ", like X" after a negation is mostly an example of what is not wanted.
+    for text in ("I don't want anything scary, like The Conjuring (2013)",
+                 "I hate horror, especially stuff like Halloween (1978)"):
+        assert [s.polarity for s in movies.interpret(text, False).items] == ["dislike"], text
 
 
 def test_references_to_earlier_recommendations(movies: MessageInterpreter) -> None:
@@ -149,6 +153,7 @@ def test_only_what_is_asked_for_becomes_a_filter(movies: MessageInterpreter) -> 
     # "like anything with X" tells a taste; "I'd like anything with X" asks.
     assert requested("But I like anything with Al Pacino") == {"Al Pacino": False}
     assert requested("I'd like anything with Al Pacino") == {"Al Pacino": True}
+    assert requested("I'd love anything with Al Pacino") == {"Al Pacino": True}
     # A value said of the title just named describes it (only when its record has it).
     assert requested("I want something like Heat (1995), with Al Pacino") == {"Al Pacino": False}
     assert requested("I want something like Titanic (1997), with Al Pacino") == {"Al Pacino": True}
@@ -170,6 +175,17 @@ def test_product_attributes_and_negation(shop: MessageInterpreter) -> None:
     got = {(a.field, a.value.lower(), a.polarity) for a in u.attributes}
     assert ("brand", "samsung", "dislike") in got
     assert ("category", "phone", "like") in got
+
+
+def test_product_negation_ends_where_the_liking_starts(shop: MessageInterpreter) -> None:
+    u = shop.interpret("no Samsung, I like Apple", False)
+    assert {(a.value.lower(), a.polarity) for a in u.attributes if a.field == "brand"} == {
+        ("samsung", "dislike"), ("apple", "like")}
+    u = shop.interpret("no Android phones, like the Samsung Galaxy A15", False)
+    assert [(shop.catalog[s.item_id].title, s.polarity) for s in u.items] == [("Samsung Galaxy A15", "dislike")]
+    # A brand said of the phone just named (a text field here) describes it; it is no filter.
+    u = shop.interpret("I want something like the Samsung Galaxy A15, from Samsung", False)
+    assert {(a.value.lower(), a.requested) for a in u.attributes if a.field == "brand"} == {("samsung", False)}
 
 
 def test_common_words_are_not_titles(movies: MessageInterpreter) -> None:
