@@ -228,9 +228,13 @@ class DialogueManager:
 
         for signal in u.items:
             self.react(state, signal.item_id, signal.polarity)
+            if signal.polarity == "like" and signal.item_id in tools.catalog:
+                self.lift_filters_broken_by(state, tools.catalog[signal.item_id])
         if u.reaction and targets:
             for target in targets:
                 self.react(state, target, u.reaction)
+                if u.reaction in ("like", "chosen") and target in tools.catalog:
+                    self.lift_filters_broken_by(state, tools.catalog[target])
         if u.rejects_all:
             for target in last:
                 self.react(state, target, "dislike")
@@ -307,6 +311,35 @@ class DialogueManager:
             if years:
                 return (max(years) + 1, None) if way == "newer" else (None, min(years) - 1)
         return tools.interpreter.era(way)
+
+    @staticmethod
+    def lift_filters_broken_by(state: SessionState, item: Item) -> list[str]:
+        """Drop the include and range filters that an item the user likes breaks; return their fields.
+
+        Liking something outside a filter asked for earlier ("a comedy", then "I loved Heat") says the
+        conversation has moved past that filter; a filter said in the same message is set after this runs
+        ("a comedy like Heat" keeps the comedy). Exclusions stay: one liked horror film does not undo "no
+        horror". A field the item has no value for breaks nothing.
+        """
+        c = state.constraints
+        lifted: list[str] = []
+        for bucket in (c.include, c.include_all):
+            for name, wanted in list(bucket.items()):
+                values = {v.lower() for v in item.lists.get(name, [])} or (
+                    {item.text[name].lower()} if name in item.text else set())
+                if not values:
+                    continue
+                wanted_set = {w.lower() for w in wanted}
+                broken = not (values & wanted_set) if bucket is c.include else not wanted_set <= values
+                if broken:
+                    del bucket[name]
+                    lifted.append(name)
+        for name, (low, high) in list(c.ranges.items()):
+            value = item.numbers.get(name)
+            if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+                del c.ranges[name]
+                lifted.append(name)
+        return lifted
 
     @staticmethod
     def react(state: SessionState, item_id: str, reaction: str) -> None:

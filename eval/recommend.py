@@ -68,13 +68,16 @@ class FullRecommender:
     """The complete recommender: the dialogue manager's state from the user's turns, candidates, LM re-ranking.
 
     Each dialog is replayed once, turn by turn, as the service would see it; items the assistant mentioned
-    count as shown and liked (ReDial seekers mostly engage with them), as in the retrieval baseline.
+    count as shown and liked (ReDial seekers mostly engage with them), as in the retrieval baseline, so a
+    filter that such an item breaks is lifted, as when a user likes an item outside a filter
+    (`DialogueManager.lift_filters_broken_by`).
     """
 
     def __init__(self, dialogue: DialogueManager, catalog: str, use_lm: bool = True) -> None:
         self.dialogue = dialogue
         self.catalog = catalog
         self.use_lm = use_lm
+        self.lift_filters = True  # False only to measure the rule's effect (reports/stale_filters)
         self.name = "full" if use_lm else "full-without-lm"
         self._dialog_key: tuple[int, ...] | None = None
         self._state: SessionState | None = None
@@ -100,6 +103,8 @@ class FullRecommender:
             for item in turn.items:
                 if item not in state.liked and item in tools.catalog:
                     state.liked.append(item)
+                    if self.lift_filters:
+                        self.dialogue.lift_filters_broken_by(state, tools.catalog[item])
             if turn.role == "assistant":
                 state.last_recommendations = [i for i in turn.items if i in tools.catalog]
         self._replayed = len(context)

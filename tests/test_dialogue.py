@@ -73,6 +73,29 @@ def test_constraints_and_change_of_mind(bot: Chatbot) -> None:
     assert all(bot.library.catalog("movies_small")[r.id].numbers["year"] <= 1990 for r in old.recommendations)
 
 
+def test_liking_an_item_outside_a_filter_lifts_it_unless_said_together(bot: Chatbot) -> None:
+    sid = bot.create_session("movies_small").id
+    catalog = bot.library.catalog("movies_small")
+    bot.send(sid, "I want a comedy from before 2010")
+    assert bot.get_session(sid).constraints.include == {"genre": ["comedy"]}
+    assert bot.get_session(sid).constraints.ranges["year"][1] is not None
+    # Heat is no comedy but is from before 2010: the genre filter goes, the year filter stays.
+    moved_on = bot.send(sid, "I loved Heat (1995), recommend something similar")
+    state = bot.get_session(sid)
+    assert "genre" not in state.constraints.include and "year" in state.constraints.ranges
+    assert moved_on.recommendations
+    assert not all("comedy" in _genres(bot, r.id) for r in moved_on.recommendations)
+    assert all(catalog[r.id].numbers["year"] <= 2010 for r in moved_on.recommendations)
+    # Said in one message, the filter is what the user asks of the example: it holds.
+    together = bot.send(sid, "a horror movie like Titanic (1997)")
+    assert bot.get_session(sid).constraints.include == {"genre": ["horror"]}
+    assert together.recommendations and all("horror" in _genres(bot, r.id) for r in together.recommendations)
+    # An exclusion is not undone by one liked item that breaks it.
+    bot.send(sid, "no horror please")
+    bot.send(sid, "I did like The Shining (1980) though")
+    assert "horror" in bot.get_session(sid).constraints.exclude["genre"]
+
+
 def test_newer_and_older_compare_with_what_was_shown(bot: Chatbot) -> None:
     sid = bot.create_session("movies_small").id
     catalog = bot.library.catalog("movies_small")

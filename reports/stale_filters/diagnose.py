@@ -1,0 +1,66 @@
+"""Stop 21: of the held-out targets (new items) the hard filters remove, which filters were set before a
+later liked item that breaks them (a filter the conversation has moved past)?
+
+Replays the held-out slice of the training dialogs (`reports/heldout_slice.py`) turn by turn and records,
+for each include/range constraint, the turn it was last set at. Never reads the ReDial test split.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+from chatbot.dialogue import DialogueManager
+from chatbot.justify import TemplateJustifier
+from eval.recommend import FullRecommender
+from retrieval.candidates import Constraints
+from retrieval.dialogs import iter_samples
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "reports"))
+from heldout_slice import heldout_slice  # noqa: E402
+
+
+def one(constraints: Constraints, kind: str, name: str) -> Constraints:
+    c = Constraints()
+    getattr(c, kind)[name] = getattr(constraints, kind)[name]
+    return c
+
+
+def main() -> None:
+    data = heldout_slice()
+    catalog = data.catalog
+    dialogue = DialogueManager(data.library, None, lambda c, ch: TemplateJustifier())
+    full = FullRecommender(dialogue, "movies", use_lm=False)
+    total = blocked = 0
+    kinds: Counter[str] = Counter()
+    for sample in iter_samples(data.held):
+        if not sample.is_new or sample.target not in catalog:
+            continue
+        total += 1
+        prefs, _ = full.inputs(sample.context)
+        item = catalog[sample.target]
+        c = prefs.constraints
+        if c.allows(item):
+            continue
+        blocked += 1
+        liked = [catalog[i] for i in prefs.liked if i in catalog]
+        for kind in ("include", "include_all", "exclude", "ranges"):
+            for name in getattr(c, kind):
+                single = one(c, kind, name)
+                if single.allows(item):
+                    continue
+                # Does some liked item (the last three) break this constraint too?
+                broken_by_liked = sum(not single.allows(x) for x in liked[-3:])
+                last_user = next((t.text for t in reversed(sample.context) if t.role == "user"), "")
+                in_last = "last" if any(v.lower() in last_user.lower() for v in
+                                        (getattr(c, kind)[name] if kind != "ranges" else [])) else "earlier"
+                kinds[f"{kind}:{name}:liked_breaks={min(broken_by_liked, 1)}:{in_last}"] += 1
+    print(f"{blocked} of {total} new-item targets blocked")
+    for k, v in kinds.most_common():
+        print(f"{v:5d} {k}")
+
+
+if __name__ == "__main__":
+    main()
