@@ -166,7 +166,8 @@ class DialogueManager:
         sink = on_token or (lambda piece: None)
         understanding = tools.interpreter.interpret(text, has_recommendations=bool(state.last_recommendations))
         state.messages.append(Message(role="user", text=text, items=[s.item_id for s in understanding.items]))
-        targets = self.apply(state, understanding, tools)
+        lifted: list[tuple[str, Constraints]] = []
+        targets = self.apply(state, understanding, tools, lifted)
         timings: dict[str, float] = {"understand": (time.perf_counter() - started) * 1000}
 
         act = understanding.act
@@ -193,7 +194,10 @@ class DialogueManager:
         elif not self._has_something_to_go_on(state, understanding):
             reply = self._say(state, self._clarifying_question(tools.catalog), "clarify", sink)
         else:
-            reply = self.recommend(state, tools, sink, timings)
+            # Said when it changes what is shown, so that the user knows a filter no longer holds.
+            note = "".join(f"Since you like {title}, I no longer keep to {_describe(dropped)}. "
+                           for title, dropped in lifted if not unsafe_title(title))
+            reply = self.recommend(state, tools, sink, timings, note)
         reply.timings_ms = {**timings, "total": (time.perf_counter() - started) * 1000}
         state.updated = time.time()
         return reply
@@ -207,8 +211,12 @@ class DialogueManager:
         return " ".join(text.split())
 
     # -- state updates -----------------------------------------------------------------------------
-    def apply(self, state: SessionState, u: Understanding, tools: CatalogTools) -> list[str]:
-        """Update likes, dislikes, constraints and the preference vector; return the items referred to."""
+    def apply(self, state: SessionState, u: Understanding, tools: CatalogTools,
+              lifted: list[tuple[str, Constraints]] | None = None) -> list[str]:
+        """Update likes, dislikes, constraints and the preference vector; return the items referred to.
+
+        ``lifted`` receives (title, filters) for each liked item that lifted earlier filters.
+        """
         if u.act == "reset":
             # Tastes and filters go; what was shown or seen stays, so that nothing is suggested twice.
             state.liked, state.disliked, state.wishes, state.attributes, state.preference = [], [], [], {}, []
@@ -226,15 +234,21 @@ class DialogueManager:
         if not targets and (u.pronoun or u.reaction) and state.focus:
             targets = [state.focus]
 
+        liked_now = []
         for signal in u.items:
             self.react(state, signal.item_id, signal.polarity)
-            if signal.polarity == "like" and signal.item_id in tools.catalog:
-                self.lift_filters_broken_by(state, tools.catalog[signal.item_id])
+            if signal.polarity == "like":
+                liked_now.append(signal.item_id)
         if u.reaction and targets:
             for target in targets:
                 self.react(state, target, u.reaction)
-                if u.reaction in ("like", "chosen") and target in tools.catalog:
-                    self.lift_filters_broken_by(state, tools.catalog[target])
+                if u.reaction in ("like", "chosen"):
+                    liked_now.append(target)
+        for item_id in liked_now:
+            if item_id in tools.catalog:
+                dropped = self.lift_filters_broken_by(state, tools.catalog[item_id])
+                if not dropped.is_empty() and lifted is not None:
+                    lifted.append((tools.catalog[item_id].title, dropped))
         if u.rejects_all:
             for target in last:
                 self.react(state, target, "dislike")
@@ -313,8 +327,8 @@ class DialogueManager:
         return tools.interpreter.era(way)
 
     @staticmethod
-    def lift_filters_broken_by(state: SessionState, item: Item) -> list[str]:
-        """Drop the include and range filters that an item the user likes breaks; return their fields.
+    def lift_filters_broken_by(state: SessionState, item: Item) -> Constraints:
+        """Drop the include and range filters that an item the user likes breaks; return what was dropped.
 
         Liking something outside a filter asked for earlier ("a comedy", then "I loved Heat") says the
         conversation has moved past that filter; a filter said in the same message is set after this runs
@@ -322,23 +336,18 @@ class DialogueManager:
         horror". A field the item has no value for breaks nothing.
         """
         c = state.constraints
-        lifted: list[str] = []
-        for bucket in (c.include, c.include_all):
+        lifted = Constraints()
+        for bucket, out in ((c.include, lifted.include), (c.include_all, lifted.include_all)):
             for name, wanted in list(bucket.items()):
                 values = {v.lower() for v in item.lists.get(name, [])} or (
                     {item.text[name].lower()} if name in item.text else set())
-                if not values:
-                    continue
                 wanted_set = {w.lower() for w in wanted}
-                broken = not (values & wanted_set) if bucket is c.include else not wanted_set <= values
-                if broken:
-                    del bucket[name]
-                    lifted.append(name)
+                if values and not (values & wanted_set if bucket is c.include else wanted_set <= values):
+                    out[name] = bucket.pop(name)
         for name, (low, high) in list(c.ranges.items()):
             value = item.numbers.get(name)
             if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
-                del c.ranges[name]
-                lifted.append(name)
+                lifted.ranges[name] = c.ranges.pop(name)
         return lifted
 
     @staticmethod
@@ -510,8 +519,8 @@ class DialogueManager:
         return candidates[:k]
 
     def recommend(self, state: SessionState, tools: CatalogTools, sink: TokenSink,
-                  timings: dict[str, float]) -> Reply:
-        """Pick, justify and present the next recommendations."""
+                  timings: dict[str, float], note: str = "") -> Reply:
+        """Pick, justify and present the next recommendations, after ``note`` (a sentence about the filters)."""
         prefs = self.preferences(state)
         candidates = self.rank(prefs, self.lm_context(state, tools.catalog), tools.catalog.name,
                                self.recommendations, timings)
@@ -524,8 +533,8 @@ class DialogueManager:
         if not candidates:
             return self._say(state, "I have nothing new left to suggest for that. Could you describe something "
                                     "else you'd enjoy?", "clarify", sink)
-        intro = (f"I found nothing that matches {relaxed} exactly, so here are the closest picks:\n" if relaxed
-                 else "Here are some picks for you:\n")
+        intro = note + (f"I found nothing that matches {relaxed} exactly, so here are the closest picks:\n"
+                        if relaxed else "Here are some picks for you:\n")
         sink(intro)
         pieces = [intro]
         items: list[ReplyItem] = []

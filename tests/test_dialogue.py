@@ -83,6 +83,7 @@ def test_liking_an_item_outside_a_filter_lifts_it_unless_said_together(bot: Chat
     moved_on = bot.send(sid, "I loved Heat (1995), recommend something similar")
     state = bot.get_session(sid)
     assert "genre" not in state.constraints.include and "year" in state.constraints.ranges
+    assert moved_on.text.startswith("Since you like Heat (1995), I no longer keep to genre comedy.")
     assert moved_on.recommendations
     assert not all("comedy" in _genres(bot, r.id) for r in moved_on.recommendations)
     assert all(catalog[r.id].numbers["year"] <= 2010 for r in moved_on.recommendations)
@@ -90,6 +91,7 @@ def test_liking_an_item_outside_a_filter_lifts_it_unless_said_together(bot: Chat
     together = bot.send(sid, "a horror movie like Titanic (1997)")
     assert bot.get_session(sid).constraints.include == {"genre": ["horror"]}
     assert together.recommendations and all("horror" in _genres(bot, r.id) for r in together.recommendations)
+    assert together.text.startswith("Here are some picks")  # nothing was lifted
     # An exclusion is not undone by one liked item that breaks it.
     bot.send(sid, "no horror please")
     bot.send(sid, "I did like The Shining (1980) though")

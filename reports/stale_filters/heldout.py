@@ -13,6 +13,7 @@ from pathlib import Path
 from chatbot.dialogue import DialogueManager
 from chatbot.justify import TemplateJustifier
 from eval.recommend import FullRecommender, RetrievalRecommender, evaluate_recommender
+from retrieval.candidates import Constraints
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "reports"))
@@ -28,7 +29,7 @@ def main() -> None:
             recommender = RetrievalRecommender(data.library.generator("movies"), data.library.linker("movies"))
         else:
             DialogueManager.lift_filters_broken_by = (  # type: ignore[method-assign]
-                staticmethod(lambda state, item: []) if variant == "none" else staticmethod(original))
+                staticmethod(lambda state, item: Constraints()) if variant == "none" else staticmethod(original))
             dialogue = DialogueManager(data.library, None, lambda c, ch: TemplateJustifier())
             recommender = FullRecommender(dialogue, "movies", use_lm=False)
             recommender.lift_filters = variant == "all"
