@@ -187,17 +187,14 @@ class DialogueManager:
             reply = self._say(state, "Here they are again:\n" + "\n".join(lines), "repeat", sink)
         elif act == "feedback" and understanding.reaction == "like":
             title = tools.catalog[targets[0]].title if targets else "that"
-            reply = self._say(state, f"Glad you like {title}! Want more suggestions along those lines?",
-                              "feedback", sink)
+            reply = self._say(state, f"Glad you like {title}! {_lifted_note(lifted)}Want more suggestions along "
+                                     "those lines?", "feedback", sink)
         elif act == "chitchat":
             reply = self._say(state, self._chitchat(state, text), "chitchat", sink)
         elif not self._has_something_to_go_on(state, understanding):
             reply = self._say(state, self._clarifying_question(tools.catalog), "clarify", sink)
         else:
-            # Said when it changes what is shown, so that the user knows a filter no longer holds.
-            note = "".join(f"Since you like {title}, I no longer keep to {_describe(dropped)}. "
-                           for title, dropped in lifted if not unsafe_title(title))
-            reply = self.recommend(state, tools, sink, timings, note)
+            reply = self.recommend(state, tools, sink, timings, _lifted_note(lifted))
         reply.timings_ms = {**timings, "total": (time.perf_counter() - started) * 1000}
         state.updated = time.time()
         return reply
@@ -244,11 +241,12 @@ class DialogueManager:
                 self.react(state, target, u.reaction)
                 if u.reaction in ("like", "chosen"):
                     liked_now.append(target)
+        dropped_by: list[tuple[str, Constraints]] = []
         for item_id in liked_now:
             if item_id in tools.catalog:
-                dropped = self.lift_filters_broken_by(state, tools.catalog[item_id])
-                if not dropped.is_empty() and lifted is not None:
-                    lifted.append((tools.catalog[item_id].title, dropped))
+                dropped = self.lift_filters_broken_by(state, tools.catalog[item_id], tools.interpreter.year_field)
+                if not dropped.is_empty():
+                    dropped_by.append((tools.catalog[item_id].title, dropped))
         if u.rejects_all:
             for target in last:
                 self.react(state, target, "dislike")
@@ -296,6 +294,15 @@ class DialogueManager:
         state.constraints.ranges.update(u.ranges)
         if u.relative_year and (year := tools.interpreter.year_field):
             state.constraints.ranges[year] = self._relative_years(state, tools, u.relative_year)
+        if lifted is not None:
+            # A filter the message sets again ("a comedy", then "a comedy like Heat") was not lifted.
+            c = state.constraints
+            for title, dropped in dropped_by:
+                for bucket in (dropped.include, dropped.include_all, dropped.ranges):
+                    for name in [n for n in bucket if n in c.include or n in c.include_all or n in c.ranges]:
+                        del bucket[name]
+                if not dropped.is_empty():
+                    lifted.append((title, dropped))
 
         if u.act in ("recommend", "feedback") and u.wish:
             # Titles are represented by their item vectors; left in the wish they would pull in look-alike titles.
@@ -327,13 +334,15 @@ class DialogueManager:
         return tools.interpreter.era(way)
 
     @staticmethod
-    def lift_filters_broken_by(state: SessionState, item: Item) -> Constraints:
-        """Drop the include and range filters that an item the user likes breaks; return what was dropped.
+    def lift_filters_broken_by(state: SessionState, item: Item, year_field: str | None) -> Constraints:
+        """Drop the include filters, and the range on ``year_field``, that an item the user likes breaks;
+        return what was dropped.
 
         Liking something outside a filter asked for earlier ("a comedy", then "I loved Heat") says the
         conversation has moved past that filter; a filter said in the same message is set after this runs
-        ("a comedy like Heat" keeps the comedy). Exclusions stay: one liked horror film does not undo "no
-        horror". A field the item has no value for breaks nothing.
+        ("a comedy like Heat" keeps the comedy). Exclusions stay (one liked horror film does not undo "no
+        horror"), and so do limits such as a budget or a minimum rating: liking a dearer item does not raise
+        the budget. A field the item has no value for breaks nothing.
         """
         c = state.constraints
         lifted = Constraints()
@@ -344,10 +353,10 @@ class DialogueManager:
                 wanted_set = {w.lower() for w in wanted}
                 if values and not (values & wanted_set if bucket is c.include else wanted_set <= values):
                     out[name] = bucket.pop(name)
-        for name, (low, high) in list(c.ranges.items()):
-            value = item.numbers.get(name)
-            if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
-                lifted.ranges[name] = c.ranges.pop(name)
+        if year_field and year_field in c.ranges and (value := item.numbers.get(year_field)) is not None:
+            low, high = c.ranges[year_field]
+            if (low is not None and value < low) or (high is not None and value > high):
+                lifted.ranges[year_field] = c.ranges.pop(year_field)
         return lifted
 
     @staticmethod
@@ -606,6 +615,12 @@ def zscore(values: Sequence[float]) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     std = array.std()
     return (array - array.mean()) / std if std > 1e-9 else np.zeros_like(array)
+
+
+def _lifted_note(lifted: list[tuple[str, Constraints]]) -> str:
+    """What the reply says of filters that liked items lifted, so that the user knows they no longer hold."""
+    return "".join(f"Since you like {title}, I no longer keep to {_describe(dropped)}. "
+                   for title, dropped in lifted if not unsafe_title(title))
 
 
 def _describe(constraints: Constraints) -> str:

@@ -62,6 +62,7 @@ _REQUEST_RE = re.compile(
     r"\b(?:recommend|recommendations?|suggest|suggestions?|looking for|look for|want|wanna|need|in the mood|"
     r"mood for|show me|find me|give me|get me|what about|how about|any|anything|something|please|"
     r"(?:i'?d|we'?d|would)\s+(?:really\s+)?(?:like|love|enjoy|prefer|rather)|can you|could you|do you have|"
+    r"is there|are there|"
     r"search(?:ing)?)\b",
     re.IGNORECASE,
 )
@@ -247,6 +248,51 @@ def _time_word_asked(text: str, match: re.Match[str]) -> bool:
     return _asks(text[low:high]) and not _describes(before) and not _NEGATIVE_CUES.search(before)
 
 
+# A short sentence that only adds to the one before it ("I am not a fan of X. Or Y.", "Is that the one with X?
+# And Y?"): it is read as part of that sentence.
+_FRAGMENT_RE = re.compile(r"(?:and|or|nor|also|plus)\s+(?:[\w'():&-]+\s*){1,6}(?:too|either|as well)?\s*",
+                          re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"[.!?]+")
+
+
+def _join_fragments(text: str) -> str:
+    """``text`` with the end of a sentence blanked where the next sentence is only a fragment that adds to
+    it (same length, so that positions hold)."""
+    out = list(text)
+    ends = list(_SENTENCE_END_RE.finditer(text))
+    for n, end in enumerate(ends):
+        stop = ends[n + 1].start() if n + 1 < len(ends) else len(text)
+        fragment = text[end.end():stop].strip()
+        if _FRAGMENT_RE.fullmatch(fragment) and not re.search(r"\bi\b|\bi'", fragment, re.IGNORECASE) \
+                and not _REQUEST_RE.search(fragment):
+            out[end.start():end.end()] = " " * (end.end() - end.start())
+    return "".join(out)
+
+
+# A yes/no question about a thing named or pointed at ("Is that the one with X?", "It's not a horror, is it?",
+# "Does it have X in it?"): the values in it are said of that thing; they neither ask for nor reject anything.
+_THING_RE = re.compile(r"\b(?:it|that|this|the one|that one|this one)\b", re.IGNORECASE)
+_YES_NO_START_RE = re.compile(r"\s*(?:(?:yes|yeah|no|oh|so|and|but|ok|okay|well|wait|hmm)\W+)*"
+                              r"(?:is|was|are|were|does|did|has|had|isn'?t|wasn'?t|doesn'?t|didn'?t)\b",
+                              re.IGNORECASE)
+_TAG_QUESTION_RE = re.compile(r"\b(?:right|correct|is it|isn'?t it|was it|wasn'?t it|does it|doesn'?t it|"
+                              r"did it|didn'?t it|no)\s*$", re.IGNORECASE)
+
+
+def _asked_of_a_thing(text: str, start: int, title_spans: list[tuple[int, int]]) -> bool:
+    """Whether the value at ``start`` sits in a yes/no question about an item (see `_THING_RE`)."""
+    ends = [m for m in _SENTENCE_END_RE.finditer(text)]
+    low = max((m.end() for m in ends if m.end() <= start), default=0)
+    end = next((m for m in ends if m.start() >= start), None)
+    if end is None or "?" not in end.group(0):
+        return False
+    sentence = text[low:end.start()]
+    if _REQUEST_RE.search(sentence):
+        return False
+    refers = _THING_RE.search(sentence) or any(low <= s < end.start() for s, _ in title_spans)
+    return bool(refers and (_YES_NO_START_RE.match(sentence) or _TAG_QUESTION_RE.search(sentence)))
+
+
 # Between a title and a value said of it: "Heat (1995), with Al Pacino", "Alien by Ridley Scott".
 _OF_TITLE_GAP_RE = re.compile(r"\s*,?\s*(?:with|starring|featuring|by|directed by|from)\s+", re.IGNORECASE)
 
@@ -368,12 +414,16 @@ class MessageInterpreter:
             return Understanding(act="recommend", injection=injection)
         mentions = [m for m in self.linker.link_items(text)
                     if m.item_id in self.catalog and not unsafe_title(self.catalog[m.item_id].title)]
-        items = [ItemSignal(m.item_id, _polarity(text, m.start, m.end), m.surface) for m in mentions]
+        # Polarity and requests are read with fragments joined to their sentence ("I'm no fan of X. Or Y.").
+        joined = _join_fragments(text)
+        items = [ItemSignal(m.item_id, _polarity(joined, m.start, m.end), m.surface) for m in mentions]
         title_spans = [(m.start, m.end) for m in mentions]
-        attributes = [a for a in self._attributes(text, title_spans) if not unsafe_value(a.value)]
+        attributes = [a for a in self._attributes(joined, title_spans) if not unsafe_value(a.value)]
         for attribute in attributes:
             if attribute.requested and self._describes_title(text, attribute, mentions):
                 attribute.requested = False
+            if _asked_of_a_thing(joined, attribute.start, title_spans):
+                attribute.requested, attribute.polarity = False, "like"
         # A budget is always a limit; years and ratings only when asked for ("something from the 80s"), not
         # in a story ("being a kid from the 80s, I like the original better").
         ranges = {name: bounds for name, bounds in self._ranges(text).items()

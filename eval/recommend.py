@@ -103,8 +103,9 @@ class FullRecommender:
             for item in turn.items:
                 if item not in state.liked and item in tools.catalog:
                     state.liked.append(item)
-                    if self.lift_filters:
-                        self.dialogue.lift_filters_broken_by(state, tools.catalog[item])
+                    if self.lift_filters and turn.role == "assistant":
+                        # The user's own items were read with their polarity by `apply`.
+                        self.dialogue.lift_filters_broken_by(state, tools.catalog[item], tools.interpreter.year_field)
             if turn.role == "assistant":
                 state.last_recommendations = [i for i in turn.items if i in tools.catalog]
         self._replayed = len(context)

@@ -76,6 +76,11 @@ def index_catalog(
     )
 
 
+# The first word of a catalog's origin marker (see `Library._outdated_bundled`).
+_USER_MARKER = "user"
+_PENDING_MARKER = "pending"
+
+
 def _digest(path: Path) -> str:
     """SHA-256 of a file's bytes (catalog files are a few MB at most)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -139,8 +144,12 @@ class Library:
             progress: bool = True) -> IndexStats:
         """Index a catalog under its name (incremental) and remember it."""
         catalog.name = safe_name(catalog.name)
-        # Whatever is indexed under a name from now on is no longer a bundled copy (see `_outdated_bundled`).
-        self._marker_path(catalog.name).unlink(missing_ok=True)
+        # Whatever the user indexes under a name is theirs, never replaced by a bundled release
+        # (see `_outdated_bundled`); marked before indexing, so that an interrupted run is theirs too.
+        self._write_marker(catalog.name, _USER_MARKER)
+        return self._index(catalog, priors, progress)
+
+    def _index(self, catalog: Catalog, priors: InteractionPriors | None, progress: bool) -> IndexStats:
         stats = index_catalog(catalog, self.store, self.embedder, progress=progress)
         catalog.save_jsonl(self.catalog_path(catalog.name))
         if priors is not None:
@@ -194,31 +203,33 @@ class Library:
                      "once)...")
         bundled = self.bundled_path(name, ".jsonl.gz")
         catalog = Catalog.load_normalised(bundled, name)
-        stats = self.add(catalog)  # incremental: only changed items are embedded again
-        self._write_marker(name)
+        # A process killed from here on leaves the pending marker: the next start resumes the install.
+        self._write_marker(name, f"{_PENDING_MARKER} {_digest(bundled)}")
+        stats = self._index(catalog, None, progress=True)  # incremental: only changed items are embedded again
+        self._write_marker(name, f"{_digest(self.catalog_path(name))} {_digest(bundled)}")
         self.log(f"Indexed {stats.items} items ({stats.embedded} embedded) in {stats.seconds:.1f} s.")
         return catalog
 
     def _marker_path(self, name: str) -> Path:
-        return self.catalog_dir / f"{name}.bundled"
+        return self.catalog_dir / f"{name}.origin"
 
-    def _write_marker(self, name: str) -> None:
-        """Record which bundled file the installed copy came from: "<installed digest> <bundled digest>"."""
+    def _write_marker(self, name: str, content: str) -> None:
+        """Record where the catalog indexed under ``name`` came from (see `_outdated_bundled`)."""
         marker = self._marker_path(name)
-        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{_digest(self.catalog_path(name))} {_digest(self.bundled_path(name, '.jsonl.gz'))}\n",
-                       encoding="utf-8")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(content + "\n", encoding="utf-8")
         tmp.replace(marker)  # never a torn marker
 
     def _outdated_bundled(self, name: str, installed: Path) -> bool:
         """Whether ``installed`` is a bundled catalog as an earlier release shipped it (a new one replaces it).
 
-        Installing writes a marker with the digests of the installed copy and of the bundled file it came
-        from; `add` removes it, so a catalog the user indexes under the same name is theirs and is kept. The
-        copy is outdated when it is still the one installed and the bundled file is no longer the one it came
-        from (digests of files, not re-encodings: a zlib that compresses differently changes nothing).
-        Data dirs from before markers: the copy is the bundled one when it has no priors of its own and the
-        bundled item ids; it is outdated when its records differ.
+        The marker beside the catalog says where it came from: ``user`` (`add`: the user's own, kept
+        forever), ``pending <bundled digest>`` (an install that did not finish: resumed), or ``<installed
+        digest> <bundled digest>`` (an installed copy, outdated when it is still the one installed and the
+        bundled file is no longer the one it came from; digests of files, not re-encodings, so a zlib that
+        compresses differently changes nothing). Data dirs from before markers: the copy is the bundled one
+        when it has no priors of its own and the bundled item ids; it is outdated when its records differ.
         """
         bundled = self.bundled_path(name, ".jsonl.gz")
         if not bundled.is_file():
@@ -226,6 +237,10 @@ class Library:
         marker = self._marker_path(name)
         if marker.is_file():
             installed_digest, _, bundled_digest = marker.read_text(encoding="utf-8").strip().partition(" ")
+            if installed_digest == _USER_MARKER:
+                return False
+            if installed_digest == _PENDING_MARKER:
+                return True
             return installed_digest == _digest(installed) and bundled_digest != _digest(bundled)
         if self.priors_path(name).is_file():
             return False
@@ -233,7 +248,7 @@ class Library:
         if set(old.ids) != set(new.ids):
             return False  # the user's own catalog under this name
         if all(old[i] == new[i] for i in new.ids):
-            self._write_marker(name)  # up to date: check by digest from now on
+            self._write_marker(name, f"{_digest(installed)} {_digest(bundled)}")  # by digest from now on
             return False
         return True
 

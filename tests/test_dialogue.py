@@ -92,10 +92,26 @@ def test_liking_an_item_outside_a_filter_lifts_it_unless_said_together(bot: Chat
     assert bot.get_session(sid).constraints.include == {"genre": ["horror"]}
     assert together.recommendations and all("horror" in _genres(bot, r.id) for r in together.recommendations)
     assert together.text.startswith("Here are some picks")  # nothing was lifted
+    # A filter the message sets again was not lifted: nothing to say.
+    bot.send(sid, "a comedy please")
+    again = bot.send(sid, "a comedy like Heat (1995)")
+    assert bot.get_session(sid).constraints.include == {"genre": ["comedy"]}
+    assert again.text.startswith("Here are some picks")
     # An exclusion is not undone by one liked item that breaks it.
     bot.send(sid, "no horror please")
     bot.send(sid, "I did like The Shining (1980) though")
     assert "horror" in bot.get_session(sid).constraints.exclude["genre"]
+
+
+def test_liking_a_dearer_item_keeps_the_budget(settings, library, products) -> None:  # noqa: ANN001
+    bot = Chatbot(settings, library=library, use_lm=False)
+    sid = bot.create_session("products").id
+    bot.send(sid, "I need a phone under $300")
+    assert bot.get_session(sid).constraints.ranges["price"] == (None, 300.0)
+    reply = bot.send(sid, "I love the Samsung Galaxy S24 Ultra, something like it")
+    assert bot.get_session(sid).constraints.ranges["price"] == (None, 300.0)
+    assert reply.recommendations and all(bot.library.catalog("products")[r.id].numbers["price"] <= 300
+                                         for r in reply.recommendations)
 
 
 def test_newer_and_older_compare_with_what_was_shown(bot: Chatbot) -> None:

@@ -94,7 +94,7 @@ def test_a_new_release_of_a_bundled_catalog_replaces_the_indexed_copy(settings, 
 
     # A data dir indexed before installs left a marker: the same ids and no priors of its own make it the
     # bundled copy; an unchanged one is recognised without indexing.
-    marker = settings.data_dir / "catalogs" / "demo.bundled"
+    marker = settings.data_dir / "catalogs" / "demo.origin"
     marker.unlink()
     assert open_demo()[1] == [] and marker.is_file()
     marker.unlink()
@@ -102,9 +102,40 @@ def test_a_new_release_of_a_bundled_catalog_replaces_the_indexed_copy(settings, 
     legacy, messages = open_demo()
     assert "family" not in legacy[changed.id].lists.get("genre", []) and any("has changed" in m for m in messages)
 
-    # The user indexes their own catalog under the bundled name: a later release does not overwrite it.
+    # The user indexes their own catalog under the bundled name: a later release does not overwrite it,
+    # whether it has other items or the same ones edited.
     Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).add(
         Catalog("demo", items[:10]), progress=False)
     Catalog("demo", [changed, *items[1:]]).save_jsonl(bundled / "demo.jsonl.gz")
     kept, messages = open_demo()
     assert len(kept) == 10 and messages == []
+    edited = [item.model_copy(update={"title": item.title + " (edited)"}) for item in items]
+    Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).add(
+        Catalog("demo", edited), progress=False)
+    kept, messages = open_demo()
+    assert all(item.title.endswith("(edited)") for item in kept) and messages == []
+    assert open_demo()[1] == []  # and after another restart
+
+
+def test_an_interrupted_bundled_install_resumes(settings, embedder, tmp_path: Path,  # noqa: ANN001
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed while a new release is being indexed leaves its install pending: the next start finishes it,
+    even when the release added or removed items."""
+    bundled = tmp_path / "bundled"
+    items = list(load_catalog(DATA / "movies_small.jsonl", "demo"))
+    Catalog("demo", items[:-1]).save_jsonl(bundled / "demo.jsonl.gz")
+    Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).catalog("demo")
+    Catalog("demo", items[1:]).save_jsonl(bundled / "demo.jsonl.gz")  # one item gone, one new
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt  # stands in for the kill, after the install began
+
+    monkeypatch.setattr("retrieval.index.index_catalog", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Library(settings, embedder=embedder, log=lambda m: None, bundled_dir=bundled).catalog("demo")
+    monkeypatch.undo()
+    messages: list[str] = []
+    resumed = Library(settings, embedder=embedder, log=messages.append, bundled_dir=bundled).catalog("demo")
+    assert set(resumed.ids) == {i.id for i in items[1:]} and any("has changed" in m for m in messages)
+    library = Library(settings, embedder=embedder, log=messages.append, bundled_dir=bundled)
+    assert library.store.count("demo") == len(items) - 1

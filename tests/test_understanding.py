@@ -191,3 +191,31 @@ def test_product_negation_ends_where_the_liking_starts(shop: MessageInterpreter)
 def test_common_words_are_not_titles(movies: MessageInterpreter) -> None:
     u = movies.interpret("I can't stand the heat in summer, I want something up beat", False)
     assert u.items == []
+
+
+def test_a_yes_no_question_about_an_item_asks_for_nothing(movies: MessageInterpreter) -> None:
+    def read(text: str) -> list[tuple[str, str, bool]]:
+        return [(a.value, a.polarity, a.requested) for a in movies.interpret(text, True).attributes]
+
+    # Values said of the item asked about: neither a filter nor a rejection.
+    assert read("Is that the one with Tom Hanks?") == [("Tom Hanks", "like", False)]
+    assert read("It's not a horror movie, is it?") == [("horror", "like", False)]
+    assert read("Does it have Keanu Reeves in it?") == [("Keanu Reeves", "like", False)]
+    # A request in question form still asks.
+    assert read("Is there a comedy with Tom Hanks?") == [("comedy", "like", True), ("Tom Hanks", "like", True)]
+    assert read("Do you have any horror movies?") == [("horror", "like", True)]
+    assert read("Is that a comedy? I want a horror movie.") == [("comedy", "like", False), ("horror", "like", True)]
+
+
+def test_a_fragment_is_read_with_the_sentence_it_adds_to(movies: MessageInterpreter) -> None:
+    u = movies.interpret("I hated Heat (1995). And Titanic (1997).", False)
+    assert [(_title(movies, s.item_id), s.polarity) for s in u.items] == [("Heat (1995)", "dislike"),
+                                                                          ("Titanic (1997)", "dislike")]
+    u = movies.interpret("Is that the one with Al Pacino? And Robert De Niro?", True)
+    assert [(a.value, a.requested) for a in u.attributes] == [("Al Pacino", False), ("Robert De Niro", False)]
+    u = movies.interpret("I am not a fan of Tom Hanks. Or Will Ferrell. Something like Heat (1995)?", False)
+    assert [(a.value, a.polarity) for a in u.attributes] == [("Tom Hanks", "dislike"), ("Will Ferrell", "dislike")]
+    # A sentence of its own is not a fragment.
+    u = movies.interpret("I loved Heat (1995). And I want a comedy.", False)
+    assert [(a.value, a.polarity, a.requested) for a in u.attributes] == [("comedy", "like", True)]
+    assert [s.polarity for s in u.items] == ["like"]

@@ -1,8 +1,9 @@
-"""Stop 21: of the held-out targets (new items) the hard filters remove, which filters were set before a
-later liked item that breaks them (a filter the conversation has moved past)?
+"""Stop 21: of the held-out targets (new items) the hard filters remove, which filter removes them, whether
+one of the last three liked items breaks that filter too (a filter the conversation has moved past), and
+whether a value of the filter is in the last user turn ("last") or only earlier.
 
-Replays the held-out slice of the training dialogs (`reports/heldout_slice.py`) turn by turn and records,
-for each include/range constraint, the turn it was last set at. Never reads the ReDial test split.
+Replays the held-out slice of the training dialogs (`reports/heldout_slice.py`). Never reads the ReDial
+test split.
 """
 
 from __future__ import annotations

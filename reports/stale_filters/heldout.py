@@ -29,7 +29,7 @@ def main() -> None:
             recommender = RetrievalRecommender(data.library.generator("movies"), data.library.linker("movies"))
         else:
             DialogueManager.lift_filters_broken_by = (  # type: ignore[method-assign]
-                staticmethod(lambda state, item: Constraints()) if variant == "none" else staticmethod(original))
+                staticmethod(lambda state, item, year: Constraints()) if variant == "none" else staticmethod(original))
             dialogue = DialogueManager(data.library, None, lambda c, ch: TemplateJustifier())
             recommender = FullRecommender(dialogue, "movies", use_lm=False)
             recommender.lift_filters = variant == "all"

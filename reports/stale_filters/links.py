@@ -1,8 +1,8 @@
 """Stop 21: does linking items in the user's words (beyond the dataset's own item mentions) cost the full
 recommender recall? Held-out slice of the training dialogs only (`reports/heldout_slice.py`).
 
-Variants: `linked` (as shipped), `gold` (only items the dataset marks in that turn keep their signal),
-`liked-clean` (the replay does not add an item the user disliked or has seen to the liked list).
+Variants: `linked` (as shipped), `gold` (only items the dataset marks somewhere in the context so far keep
+the signal the interpreter gives them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
         gold: set[str] = set()
         extra = [0, 0]
         if variant == "gold":
-            def gold_only(text, has_recs, interpret=interpret):  # noqa: ANN001, ANN202
+            def gold_only(text, has_recs, interpret=interpret, gold=gold, extra=extra):  # noqa: ANN001, ANN202
                 u = interpret(text, has_recs)
                 extra[0] += sum(s.item_id not in gold for s in u.items)
                 extra[1] += len(u.items)
@@ -38,7 +38,7 @@ def main() -> None:
         recommender = FullRecommender(dialogue, "movies", use_lm=False)
         inputs = recommender.inputs
 
-        def with_gold(context, inputs=inputs):  # noqa: ANN001, ANN202
+        def with_gold(context, inputs=inputs, gold=gold):  # noqa: ANN001, ANN202
             gold.clear()
             for turn in context:
                 gold.update(turn.items)
