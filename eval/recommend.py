@@ -101,7 +101,8 @@ class FullRecommender:
                 state.messages.append(Message(role="user", text=turn.text, items=list(turn.items)))
                 self.dialogue.apply(state, understanding, tools)
             for item in turn.items:
-                if item not in state.liked and item in tools.catalog:
+                # An item the user said they disliked is not liked, as in the service.
+                if item not in state.liked and item not in state.disliked and item in tools.catalog:
                     state.liked.append(item)
                     if self.lift_filters and turn.role == "assistant":
                         # The user's own items were read with their polarity by `apply`.
