@@ -8,13 +8,14 @@ slice are honest. Needs a data dir with the `movies` index (``RECCHAT_DATA_DIR``
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from chatbot.finetune import heldout
-from retrieval.candidates import CandidateGenerator
-from retrieval.catalog import Catalog
-from retrieval.dialogs import Dialog
+from retrieval.candidates import CandidateGenerator, Preferences
+from retrieval.catalog import Catalog, Item
+from retrieval.dialogs import Dialog, Sample, iter_samples
 from retrieval.index import Library
 from retrieval.settings import Settings, get_settings
 
@@ -42,3 +43,18 @@ def heldout_slice() -> HeldoutSlice:
     fresh = library.priors("movies").recounted([d for d in dialogs if not heldout(d.id, 0.1)])
     library.set_generator("movies", CandidateGenerator(catalog, library.store, library.embedder, fresh))
     return HeldoutSlice(settings, library, catalog, dialogs, [d for d in dialogs if heldout(d.id, 0.1)])
+
+
+def new_item_samples(data: HeldoutSlice) -> Iterator[tuple[Sample, Item | None, Preferences]]:
+    """Each new-item sample of the slice with its target (None outside the catalog) and the preferences the
+    full recommender (no LM) has after replaying its context."""
+    from chatbot.dialogue import DialogueManager
+    from chatbot.justify import TemplateJustifier
+    from eval.recommend import FullRecommender
+
+    full = FullRecommender(DialogueManager(data.library, None, lambda c, ch: TemplateJustifier()), "movies",
+                           use_lm=False)
+    for sample in iter_samples(data.held):
+        if sample.is_new:
+            prefs, _ = full.inputs(sample.context)
+            yield sample, data.catalog.get(sample.target), prefs

@@ -12,15 +12,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from chatbot.dialogue import DialogueManager
-from chatbot.justify import TemplateJustifier
-from eval.recommend import FullRecommender
 from retrieval.candidates import Constraints
-from retrieval.dialogs import iter_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "reports"))
-from heldout_slice import heldout_slice  # noqa: E402
+from heldout_slice import heldout_slice, new_item_samples  # noqa: E402
 
 
 def one(constraints: Constraints, kind: str, name: str) -> Constraints:
@@ -32,16 +28,12 @@ def one(constraints: Constraints, kind: str, name: str) -> Constraints:
 def main() -> None:
     data = heldout_slice()
     catalog = data.catalog
-    dialogue = DialogueManager(data.library, None, lambda c, ch: TemplateJustifier())
-    full = FullRecommender(dialogue, "movies", use_lm=False)
     total = blocked = 0
     kinds: Counter[str] = Counter()
-    for sample in iter_samples(data.held):
-        if not sample.is_new or sample.target not in catalog:
+    for sample, item, prefs in new_item_samples(data):
+        if item is None:
             continue
         total += 1
-        prefs, _ = full.inputs(sample.context)
-        item = catalog[sample.target]
         c = prefs.constraints
         if c.allows(item):
             continue
