@@ -231,10 +231,10 @@ class DialogueManager:
         if not targets and (u.pronoun or u.reaction) and state.focus:
             targets = [state.focus]
 
-        liked_now = []
+        liked_now: list[str] = []
         for signal in u.items:
             self.react(state, signal.item_id, signal.polarity)
-            if signal.polarity == "like":
+            if signal.polarity == "like" and u.act != "question":  # asking about an item is not liking it
                 liked_now.append(signal.item_id)
         if u.reaction and targets:
             for target in targets:
