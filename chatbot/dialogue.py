@@ -344,20 +344,7 @@ class DialogueManager:
         horror"), and so do limits such as a budget or a minimum rating: liking a dearer item does not raise
         the budget. A field the item has no value for breaks nothing.
         """
-        c = state.constraints
-        lifted = Constraints()
-        for bucket, out in ((c.include, lifted.include), (c.include_all, lifted.include_all)):
-            for name, wanted in list(bucket.items()):
-                values = {v.lower() for v in item.lists.get(name, [])} or (
-                    {item.text[name].lower()} if name in item.text else set())
-                wanted_set = {w.lower() for w in wanted}
-                if values and not (values & wanted_set if bucket is c.include else wanted_set <= values):
-                    out[name] = bucket.pop(name)
-        if year_field and year_field in c.ranges and (value := item.numbers.get(year_field)) is not None:
-            low, high = c.ranges[year_field]
-            if (low is not None and value < low) or (high is not None and value > high):
-                lifted.ranges[year_field] = c.ranges.pop(year_field)
-        return lifted
+        return state.constraints.drop_broken_by(item, [year_field] if year_field else [])
 
     @staticmethod
     def react(state: SessionState, item_id: str, reaction: str) -> None:

@@ -281,7 +281,7 @@ _TAG_QUESTION_RE = re.compile(r"\b(?:right|correct|is it|isn'?t it|was it|wasn'?
 
 def _asked_of_a_thing(text: str, start: int, title_spans: list[tuple[int, int]]) -> bool:
     """Whether the value at ``start`` sits in a yes/no question about an item (see `_THING_RE`)."""
-    ends = [m for m in _SENTENCE_END_RE.finditer(text)]
+    ends = list(_SENTENCE_END_RE.finditer(text))
     low = max((m.end() for m in ends if m.end() <= start), default=0)
     end = next((m for m in ends if m.start() >= start), None)
     if end is None or "?" not in end.group(0):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,25 @@ class Constraints(BaseModel):
             if value is None or (low is not None and value < low) or (high is not None and value > high):
                 return False
         return True
+
+    def drop_broken_by(self, item: Item, range_fields: Collection[str] = ()) -> Constraints:
+        """Remove the include filters, and the ranges on ``range_fields``, that ``item`` breaks; return them.
+
+        Exclusions are never removed, and a field the item has no value for breaks nothing.
+        """
+        dropped = Constraints()
+        for bucket, out, holds in ((self.include, dropped.include, lambda have, want: bool(have & want)),
+                                   (self.include_all, dropped.include_all, lambda have, want: want <= have)):
+            for name, wanted in list(bucket.items()):
+                have = _values(item, name)
+                if have and not holds(have, {w.lower() for w in wanted}):
+                    out[name] = bucket.pop(name)
+        for name in [n for n in range_fields if n in self.ranges]:
+            low, high = self.ranges[name]
+            value = item.numbers.get(name)
+            if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+                dropped.ranges[name] = self.ranges.pop(name)
+        return dropped
 
     def chroma_where(self, list_fields: set[str]) -> dict[str, Any] | None:
         """The same constraints as a Chroma ``where`` filter (pre-filtering the dense search)."""
