@@ -16,7 +16,7 @@ from retrieval.catalog import Catalog
 from retrieval.linking import EntityLinker, ItemMention
 
 Act = Literal["recommend", "question", "chitchat", "feedback", "repeat", "reset"]
-Polarity = Literal["like", "dislike", "seen"]
+Polarity = Literal["like", "dislike", "seen", "unseen"]
 
 _NEGATIVE_CUES = re.compile(
     r"\b(?:hate[sd]?|hating|dislike[sd]?|can'?t stand|cannot stand|don'?t (?:like|love|want|enjoy)|"
@@ -28,6 +28,18 @@ _NEGATIVE_CUES = re.compile(
 _SEEN_CUES = re.compile(r"\b(?:seen (?:it|that|this)|already (?:seen|watched|read|have|own|tried)|"
                         r"i'?ve (?:seen|watched|read)|watched (?:it|that) already|saw (?:it|that)|have it already|"
                         r"already own)\b", re.IGNORECASE)
+# Not knowing an item ("I haven't seen X", "never heard of X"): says nothing of the user's taste, so it is neither a
+# dislike (the "not" in it) nor "seen" (the "seen" in it). Past and perfect forms only: "I never watch horror" is
+# a habit, and stays a dislike.
+_UNSEEN_CUES = re.compile(
+    r"\b(?:(?:have|has|had)n'?t|(?:have|has|had) not|never|not yet|not|didn'?t|did not)\s+(?:\w+\s+){0,2}?"
+    r"(?:seen|watched|heard (?:of|about)|saw|read|tried)\b|"
+    r"\b(?:(?:can'?t|cannot|couldn'?t) say|don'?t think|do not think) (?:that )?i'?(?:ve| have) (?:\w+\s+)?"
+    r"(?:seen|watched|heard)\b",
+    re.IGNORECASE,
+)
+# A hedge is not a negation of what follows ("not sure. Yes, X was very good").
+_HEDGE_RE = re.compile(r"not (?:so |quite |really |too )?sure\b|not certain\b", re.IGNORECASE)
 _CLAUSE_SPLIT = re.compile(r"[.!?;]|,\s*(?:but|and|though|however)\b|\bbut\b|\bhowever\b|\bthough\b",
                            re.IGNORECASE)
 _ORDINALS = {
@@ -177,7 +189,7 @@ _DEGREE_RE = re.compile(r"\s+(?:too|so|very|overly)\b", re.IGNORECASE)
 def _negated(before: str, after: str) -> bool:
     """Whether a negation cue in ``before`` (the clause up to a mention) still reaches the mention; ``after``
     is the rest of the clause."""
-    negations = list(_NEGATIVE_CUES.finditer(before))
+    negations = [m for m in _NEGATIVE_CUES.finditer(before) if not _HEDGE_RE.match(before, m.start())]
     if not negations:
         return False
     last = negations[-1]
@@ -196,6 +208,14 @@ def _polarity(text: str, start: int, end: int) -> Polarity:
     low, high = _clause_of(text, start)
     before = text[low:start]
     after = text[end:min(high, end + 25)]
+    unseen = list(_UNSEEN_CUES.finditer(before))
+    if unseen:
+        # Only cues after "haven't seen" reach the mention ("I haven't seen X" vs "I haven't seen X and hate Y").
+        before = before[unseen[-1].end():]
+        if not (_NEGATIVE_CUES.search(before) or _SEEN_CUES.search(before)):
+            return "unseen"
+    elif _UNSEEN_CUES.match(after.lstrip(" ,")):
+        return "unseen"  # "X? Never seen it", "X, haven't watched it"
     if _SEEN_CUES.search(before) or _SEEN_CUES.search(after):
         return "seen"
     if _negated(before, text[end:high]) or re.match(r"\s*(?:is|was)?\s*(?:boring|awful|terrible|overrated)", after):
@@ -442,11 +462,15 @@ class MessageInterpreter:
         rejects_all = bool(_REJECT_ALL_RE.search(text))
         reaction: Literal["like", "dislike", "seen"] | None = None
         if has_recommendations and (references or pronoun):
-            if _SEEN_CUES.search(text):
+            # "I haven't seen it" is no reaction: neither "seen" nor, for its "not", a dislike.
+            plain = _UNSEEN_CUES.sub(" ", text)
+            if plain != text:  # "No, I haven't seen it": the "no" answers whether they have seen it
+                plain = re.sub(r"^\W*(?:no|nope|nah)\b", " ", plain, flags=re.IGNORECASE)
+            if _SEEN_CUES.search(plain):
                 reaction = "seen"
-            elif _NEGATIVE_FEEDBACK_RE.search(text) or (references and _NEGATIVE_CUES.search(text)):
+            elif _NEGATIVE_FEEDBACK_RE.search(plain) or (references and _NEGATIVE_CUES.search(plain)):
                 reaction = "dislike"
-            elif _POSITIVE_FEEDBACK_RE.search(text):
+            elif _POSITIVE_FEEDBACK_RE.search(plain):
                 reaction = "like"
 
         if _RESET_RE.search(text):

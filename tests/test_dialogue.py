@@ -50,6 +50,21 @@ def test_likes_negation_and_never_recommending_rejected(bot: Chatbot) -> None:
     assert not ({r.id for r in third.recommendations} & (shown | {heat, rejected}))
 
 
+def test_an_item_the_user_has_not_seen_is_neither_rejected_nor_excluded(bot: Chatbot) -> None:
+    sid = bot.create_session("movies_small").id
+    heat, titanic = _id(bot, "Heat (1995)"), _id(bot, "Titanic (1997)")
+    bot.send(sid, "I haven't seen Heat (1995), but I love Titanic (1997)")
+    state = bot.get_session(sid)
+    assert state.liked == [titanic]
+    assert heat not in state.disliked + state.seen + state.liked
+    first = bot.send(sid, "some suggestions please")
+    unseen = first.recommendations[1].id
+    bot.send(sid, "No, I haven't seen the second one")
+    state = bot.get_session(sid)
+    assert unseen not in state.disliked + state.seen
+    assert state.recommendation(unseen).reaction == "none"
+
+
 def test_questions_resolve_the_second_one_and_it(bot: Chatbot) -> None:
     sid = bot.create_session("movies_small").id
     recs = bot.send(sid, "recommend a crime movie").recommendations

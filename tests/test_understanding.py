@@ -71,6 +71,30 @@ def test_a_negation_reaches_only_as_far_as_a_new_liking(movies: MessageInterpret
         assert [s.polarity for s in movies.interpret(text, False).items] == ["dislike"], text
 
 
+def test_not_having_seen_an_item_is_neither_a_dislike_nor_seen(movies: MessageInterpreter) -> None:
+    """"I haven't seen X" says the user does not know X: nothing about their taste, and X may be recommended."""
+    for text in ("I haven't seen Heat (1995)", "I have not seen Heat (1995) yet", "Never heard of Heat (1995)",
+                 "No, I cannot say that I've even heard of Heat (1995) but it sounds intriguing",
+                 "I've never watched Heat (1995)", "I don't think I've seen Heat (1995)"):
+        assert [s.polarity for s in movies.interpret(text, False).items] == ["unseen"], text
+    # A later cue in the same clause still counts, and so does a dislike elsewhere in the message.
+    u = movies.interpret("I haven't seen Heat (1995) and I hate Titanic (1997)", False)
+    assert [(_title(movies, s.item_id), s.polarity) for s in u.items] == [
+        ("Heat (1995)", "unseen"), ("Titanic (1997)", "dislike")]
+    # A hedge is not a negation: "not sure. Yes, X was very good".
+    assert [s.polarity for s in movies.interpret("Hmm, not sure Yes, Heat (1995) was a very good movie",
+                                                 False).items] == ["like"]
+    # Habits stay dislikes: "I never watch X-like films" is not "I have never seen X".
+    assert [s.polarity for s in movies.interpret("I don't like Titanic (1997)", False).items] == ["dislike"]
+
+
+def test_not_having_seen_a_recommendation_is_no_reaction(movies: MessageInterpreter) -> None:
+    for text in ("No, I haven't seen it", "I have not seen the second one", "never seen that one"):
+        u = movies.interpret(text, True)
+        assert u.reaction is None and u.act != "feedback", text
+    assert movies.interpret("I've seen the second one", True).reaction == "seen"
+
+
 def test_references_to_earlier_recommendations(movies: MessageInterpreter) -> None:
     assert movies.interpret("Who directed the second one?", True).references == [1]
     assert movies.interpret("tell me more about the last one", True).references == [-1]
