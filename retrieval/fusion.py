@@ -42,6 +42,24 @@ def named_attributes(linker: EntityLinker, texts: Sequence[str]) -> dict[str, li
     return attributes
 
 
+def encode_queries(prefs_list: Sequence[Preferences], embedder: Embedder, progress: bool = True) -> np.ndarray:
+    """[text; latest request] embeddings, one row per preferences (n, 2d): the projection's input.
+
+    A missing half is filled from the other, as `CandidateGenerator.project` does at request time.
+    """
+    texts = [p.text or " " for p in prefs_list] + [p.recent or " " for p in prefs_list]
+    vectors = embedder.encode(texts, progress=progress)
+    n = len(prefs_list)
+    d = vectors.shape[1]
+    queries = np.concatenate([vectors[:n], vectors[n:]], axis=1)
+    for i, prefs in enumerate(prefs_list):
+        if not prefs.text.strip():
+            queries[i, :d] = vectors[n + i]
+        if not prefs.recent.strip():
+            queries[i, d:] = queries[i, :d]
+    return queries
+
+
 def fit_projection(
     queries: np.ndarray, targets: Sequence[int], masks: np.ndarray, matrix: np.ndarray,
     epochs: int = 60, weight_decay: float = 1e-2, seed: int = 0,
@@ -132,16 +150,9 @@ def fit_retrieval(
         raise ValueError("no training samples: no assistant turn mentions a catalog item")
     linker = EntityLinker(catalog)
     prefs_list = [preferences_for(s.context, catalog, linker) for s in samples]
-    texts = [p.text or " " for p in prefs_list] + [p.recent or " " for p in prefs_list]
-    vectors = embedder.encode(texts, progress=progress)
+    queries = encode_queries(prefs_list, embedder, progress)
     n = len(samples)
-    d = vectors.shape[1]
-    queries = np.concatenate([vectors[:n], vectors[n:]], axis=1)
-    for i, prefs in enumerate(prefs_list):
-        if not prefs.text.strip():
-            queries[i, :d] = vectors[n + i]
-        if not prefs.recent.strip():
-            queries[i, d:] = queries[i, :d]
+    d = queries.shape[1] // 2
     generator = CandidateGenerator(catalog, store, embedder)
     matrix = generator.matrix
     row = generator.row_of

@@ -136,10 +136,11 @@ def e_redial_dialogs(shared: Path, catalog: Catalog, known: set[str]) -> list[Di
     return out
 
 
-def movielens_neighbours(shared: Path, movielens: dict[str, str], top: int = 30,
-                         min_sim: float = 0.1) -> dict[str, dict[str, float]]:
-    """Item-item cosine similarity of mean-centred MovieLens ratings, for catalog items linked to it."""
-    by_ml = defaultdict(list)
+def movielens_ratings(shared: Path, movielens: dict[str, str]
+                      ) -> tuple[dict[str, list[str]], dict[str, int], dict[str, int], list[tuple[int, int, float]]]:
+    """MovieLens ratings of the movies linked to catalog items: (MovieLens id -> catalog ids, user -> row,
+    movie -> row, (user row, movie row, rating) triples)."""
+    by_ml: dict[str, list[str]] = defaultdict(list)
     for item_id, ml in movielens.items():
         by_ml[ml].append(item_id)
     users: dict[str, int] = {}
@@ -152,6 +153,13 @@ def movielens_neighbours(shared: Path, movielens: dict[str, str], top: int = 30,
             if movie in by_ml:
                 entries.append((users.setdefault(user, len(users)), movies.setdefault(movie, len(movies)),
                                 float(rating)))
+    return by_ml, users, movies, entries
+
+
+def movielens_neighbours(shared: Path, movielens: dict[str, str], top: int = 30,
+                         min_sim: float = 0.1) -> dict[str, dict[str, float]]:
+    """Item-item cosine similarity of mean-centred MovieLens ratings, for catalog items linked to it."""
+    by_ml, users, movies, entries = movielens_ratings(shared, movielens)
     matrix = np.zeros((len(movies), len(users)), dtype=np.float32)
     for u, m, r in entries:
         matrix[m, u] = r
@@ -164,16 +172,22 @@ def movielens_neighbours(shared: Path, movielens: dict[str, str], top: int = 30,
     np.fill_diagonal(sims, 0.0)
     counts = rated.astype(np.float32) @ rated.astype(np.float32).T
     sims *= np.minimum(counts / 5.0, 1.0)  # shrink similarities backed by few common raters
+    return top_neighbours(sims, by_ml, movies, top, min_sim, digits=4)
+
+
+def top_neighbours(weights: np.ndarray, by_ml: dict[str, list[str]], movies: dict[str, int], top: int,
+                   min_weight: float, digits: int) -> dict[str, dict[str, float]]:
+    """Catalog id -> its ``top`` heaviest MovieLens neighbours (catalog ids) of weight at least ``min_weight``,
+    from a movie x movie ``weights`` matrix whose rows and columns are numbered by ``movies``."""
     names = {i: m for m, i in movies.items()}
     out: dict[str, dict[str, float]] = {}
     for row in range(len(movies)):
-        best = np.argsort(-sims[row])[:top]
         neighbours = {}
-        for col in best:
-            if sims[row, col] < min_sim:
+        for col in np.argsort(-weights[row])[:top]:
+            if weights[row, col] < min_weight:
                 break
             for other in by_ml[names[col]]:
-                neighbours[other] = round(float(sims[row, col]), 4)
+                neighbours[other] = round(float(weights[row, col]), digits)
         for item_id in by_ml[names[row]]:
             if neighbours:
                 out[item_id] = neighbours

@@ -8,7 +8,6 @@ samples is scored by a scorer that did not see its dialog. The projection is sha
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -17,21 +16,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-spec = importlib.util.spec_from_file_location("build", ROOT / "scripts" / "build_movies_catalog.py")
-build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-spec.loader.exec_module(build)  # type: ignore[union-attr]
+sys.path.insert(0, str(ROOT / "reports" / "ensemble"))
+from ease_proxy import SHARED, build, ease_neighbours  # noqa: E402  (loads scripts/build_movies_catalog.py)
 
 from retrieval.candidates import CandidateGenerator, LearnedFusion  # noqa: E402
 from retrieval.dialogs import iter_samples  # noqa: E402
-from retrieval.fusion import _assign_folds, _fit_mlp, fit_projection, preferences_for  # noqa: E402
+from retrieval.fusion import (  # noqa: E402
+    _assign_folds,
+    _fit_mlp,
+    encode_queries,
+    fit_projection,
+    preferences_for,
+)
 from retrieval.index import Library  # noqa: E402
 from retrieval.linking import EntityLinker  # noqa: E402
 from retrieval.priors import InteractionPriors  # noqa: E402
 from retrieval.settings import get_settings  # noqa: E402
-
-SHARED = ROOT.parent / "shared" / "datasets"
-sys.path.insert(0, str(ROOT / "reports" / "ensemble"))
-from ease_proxy import ease_neighbours  # noqa: E402
 
 
 def main() -> None:
@@ -46,14 +46,8 @@ def main() -> None:
     linker = EntityLinker(catalog)
     prefs_list = [preferences_for(s.context, catalog, linker) for s in samples]
     embedder = library.embedder
-    vectors = embedder.encode([p.text or " " for p in prefs_list] + [p.recent or " " for p in prefs_list])
-    n, d = len(samples), vectors.shape[1]
-    queries = np.concatenate([vectors[:n], vectors[n:]], axis=1)
-    for i, prefs in enumerate(prefs_list):
-        if not prefs.text.strip():
-            queries[i, :d] = vectors[n + i]
-        if not prefs.recent.strip():
-            queries[i, d:] = queries[i, :d]
+    queries = encode_queries(prefs_list, embedder)
+    n, d = len(samples), queries.shape[1] // 2
     base = CandidateGenerator(catalog, library.store, embedder)
     matrix, row = base.matrix, base.row_of
     targets = [row[s.target] for s in samples]

@@ -6,7 +6,6 @@ tables counted on the other four, by the summed weights over the items mentioned
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 import zlib
@@ -16,14 +15,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-spec = importlib.util.spec_from_file_location("build", ROOT / "scripts" / "build_movies_catalog.py")
-build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-spec.loader.exec_module(build)  # type: ignore[union-attr]
+sys.path.insert(0, str(ROOT / "reports" / "ensemble"))
+from ease_proxy import SHARED, build  # noqa: E402  (loads scripts/build_movies_catalog.py)
 
 from retrieval.dialogs import iter_samples  # noqa: E402
 from retrieval.priors import InteractionPriors  # noqa: E402
-
-SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def main() -> None:

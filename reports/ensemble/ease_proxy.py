@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +28,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 def ease_neighbours(movielens: dict[str, str], lam: float, top: int,
                     binary: bool = True) -> dict[str, dict[str, float]]:
     """EASE (Steck 2019) item-item weights on MovieLens raters (binary or rating-valued), top ``top`` per item."""
-    by_ml = defaultdict(list)
-    for item_id, ml in movielens.items():
-        by_ml[ml].append(item_id)
-    users: dict[str, int] = {}
-    movies: dict[str, int] = {}
-    entries = []
-    with open(SHARED / "movielens/ratings.csv", encoding="utf-8") as fh:
-        next(fh)
-        for line in fh:
-            user, movie, rating, _ = line.split(",")
-            if movie in by_ml:
-                entries.append((users.setdefault(user, len(users)), movies.setdefault(movie, len(movies)),
-                                float(rating)))
+    by_ml, users, movies, entries = build.movielens_ratings(SHARED, movielens)
     x = np.zeros((len(users), len(movies)), dtype=np.float64)
     for u, m, r in entries:
         x[u, m] = 1.0 if binary else r
@@ -50,20 +37,7 @@ def ease_neighbours(movielens: dict[str, str], lam: float, top: int,
     p = np.linalg.inv(g)
     b = p / (-np.diag(p))
     np.fill_diagonal(b, 0.0)
-    names = {i: m for m, i in movies.items()}
-    out: dict[str, dict[str, float]] = {}
-    for row in range(len(movies)):
-        best = np.argsort(-b[row])[:top]
-        nb = {}
-        for col in best:
-            if b[row, col] <= 0:
-                break
-            for other in by_ml[names[col]]:
-                nb[other] = round(float(b[row, col]), 5)
-        for item_id in by_ml[names[row]]:
-            if nb:
-                out[item_id] = nb
-    return out
+    return build.top_neighbours(b, by_ml, movies, top, 1e-12, digits=5)  # positive weights only
 
 
 def proxy(table: dict[str, dict[str, float]], samples, ids) -> tuple[float, float, float]:  # noqa: ANN001
