@@ -348,8 +348,8 @@ class DialogueManager:
 
     @staticmethod
     def react(state: SessionState, item_id: str, reaction: str) -> None:
-        if reaction == "unseen":
-            return  # not knowing an item says nothing of the user's taste, nor changes what they said of it
+        if reaction == "neutral":
+            return  # not knowing an item, or a hedge, says nothing of the user's taste nor changes what they said
         for bucket in (state.liked, state.disliked, state.seen):
             if item_id in bucket:
                 bucket.remove(item_id)
@@ -374,7 +374,7 @@ class DialogueManager:
         matrix = generator.matrix
         rows = generator.row_of
         for signal in u.items:
-            if signal.item_id in rows and signal.polarity != "unseen":
+            if signal.item_id in rows and signal.polarity != "neutral":
                 vector = matrix[rows[signal.item_id]]
                 parts.append(vector if signal.polarity == "like" else -0.5 * vector)
         for item_id in state.disliked[-3:]:

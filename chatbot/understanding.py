@@ -8,6 +8,7 @@ Rules, not a model: they are fast, predictable and testable, and the catalog sup
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,7 +17,7 @@ from retrieval.catalog import Catalog
 from retrieval.linking import EntityLinker, ItemMention
 
 Act = Literal["recommend", "question", "chitchat", "feedback", "repeat", "reset"]
-Polarity = Literal["like", "dislike", "seen", "unseen"]
+Polarity = Literal["like", "dislike", "seen", "neutral"]
 
 _NEGATIVE_CUES = re.compile(
     r"\b(?:hate[sd]?|hating|dislike[sd]?|can'?t stand|cannot stand|don'?t (?:like|love|want|enjoy)|"
@@ -35,11 +36,25 @@ _UNSEEN_CUES = re.compile(
     r"\b(?:(?:have|has|had)n'?t|(?:have|has|had) not|never|not yet|not|didn'?t|did not)\s+(?:\w+\s+){0,2}?"
     r"(?:seen|watched|heard (?:of|about)|saw|read|tried)\b|"
     r"\b(?:(?:can'?t|cannot|couldn'?t) say|don'?t think|do not think) (?:that )?i'?(?:ve| have) (?:\w+\s+)?"
-    r"(?:seen|watched|heard)\b",
+    r"(?:seen|watched|heard(?: of)?)\b|"
+    r"\bnever got (?:around )?to (?:watching|seeing|reading|trying)\b|\bnot familiar with\b|"
+    r"\b(?:have|has) yet to (?:see|watch|read|try)\b",
     re.IGNORECASE,
 )
-# A hedge is not a negation of what follows ("not sure. Yes, X was very good").
-_HEDGE_RE = re.compile(r"not (?:so |quite |really |too )?sure\b|not certain\b", re.IGNORECASE)
+# Only these words may stand between such a cue and the item ("never heard of X", "haven't seen X or Y"): in
+# "I never saw the appeal of X" or "I've never seen a better film than X" the cue is not about knowing X.
+_UNSEEN_FILLER_RE = re.compile(r"^[\s,]*(?:(?:of|about|ever|yet|even|before|either|neither|nor|or|and|the (?:movie|"
+                               r"film|show|book)s?|that|this)\b[\s,]*)*$", re.IGNORECASE)
+# The same said just after the item: "X? Never seen it", "X, haven't watched that one".
+_UNSEEN_AFTER_RE = re.compile(r"^\W*(?:i\s+|i'?ve\s+|i\s+have\s+)?(?:have(?:n'?t| not)|never|not)\s+(?:\w+\s+)?"
+                              r"(?:seen|watched|heard of)\s+(?:it|that|this|that one|this one|them)\b", re.IGNORECASE)
+# In a reply to recommendations: "No, I haven't seen it / the second one" (not "I never saw the appeal of it").
+_UNSEEN_REACTION_RE = re.compile(r"(?:" + _UNSEEN_CUES.pattern + r")\s+(?:it|that|this|them|those|these|one|any|"
+                                 r"either|the\s+(?:first|second|third|fourth|fifth|last|\w+\s+one))\b",
+                                 re.IGNORECASE)
+# A hedge ("not sure about X") is neither a like nor a dislike of an item.
+_HEDGE_RE = re.compile(r"\bnot (?:so |quite |really |too )?sure\b|\bnot certain\b", re.IGNORECASE)
+_TASTE_BEFORE_RE = re.compile(r"\b(?:lov|lik|enjoy|adore)", re.IGNORECASE)
 _CLAUSE_SPLIT = re.compile(r"[.!?;]|,\s*(?:but|and|though|however)\b|\bbut\b|\bhowever\b|\bthough\b",
                            re.IGNORECASE)
 _ORDINALS = {
@@ -189,7 +204,7 @@ _DEGREE_RE = re.compile(r"\s+(?:too|so|very|overly)\b", re.IGNORECASE)
 def _negated(before: str, after: str) -> bool:
     """Whether a negation cue in ``before`` (the clause up to a mention) still reaches the mention; ``after``
     is the rest of the clause."""
-    negations = [m for m in _NEGATIVE_CUES.finditer(before) if not _HEDGE_RE.match(before, m.start())]
+    negations = list(_NEGATIVE_CUES.finditer(before))
     if not negations:
         return False
     last = negations[-1]
@@ -203,19 +218,32 @@ def _negated(before: str, after: str) -> bool:
                 or (degree and re.search(r"\blike\b", later, re.IGNORECASE)))
 
 
-def _polarity(text: str, start: int, end: int) -> Polarity:
-    """Like, dislike or seen, from cue words in the mention's own clause before the mention (or just after)."""
+def _polarity(text: str, start: int, end: int, titles: Sequence[tuple[int, int]] = (),
+              neutral: bool = True) -> Polarity:
+    """Like, dislike or seen, from cue words in the mention's own clause before the mention (or just after).
+
+    With ``neutral`` (items), a mention that says nothing of the user's taste is "neutral": not knowing it
+    ("I haven't seen X", "never heard of X or Y"; ``titles`` are the spans of other mentions, skipped between
+    the cue and this one) or a hedge ("not sure about X"). Attributes keep the older reading.
+    """
     low, high = _clause_of(text, start)
     before = text[low:start]
     after = text[end:min(high, end + 25)]
-    unseen = list(_UNSEEN_CUES.finditer(before))
-    if unseen:
-        # Only cues after "haven't seen" reach the mention ("I haven't seen X" vs "I haven't seen X and hate Y").
-        before = before[unseen[-1].end():]
-        if not (_NEGATIVE_CUES.search(before) or _SEEN_CUES.search(before)):
-            return "unseen"
-    elif _UNSEEN_CUES.match(after.lstrip(" ,")):
-        return "unseen"  # "X? Never seen it", "X, haven't watched it"
+    if neutral:
+        cues = list(_UNSEEN_CUES.finditer(before))
+        if cues:
+            gap = text[low + cues[-1].end():start]
+            for t_start, t_end in sorted(titles, reverse=True):
+                if low + cues[-1].end() <= t_start and t_end <= start:
+                    gap = gap[: t_start - low - cues[-1].end()] + gap[t_end - low - cues[-1].end():]
+            if _UNSEEN_FILLER_RE.match(gap):
+                return "neutral"
+        elif (not _NEGATIVE_CUES.search(before) and not _TASTE_BEFORE_RE.search(before)
+              and _UNSEEN_AFTER_RE.match(text[end:end + 40])):
+            return "neutral"
+        if _HEDGE_RE.search(before) and all(_HEDGE_RE.match(before, m.start())
+                                            for m in _NEGATIVE_CUES.finditer(before)):
+            return "neutral"
     if _SEEN_CUES.search(before) or _SEEN_CUES.search(after):
         return "seen"
     if _negated(before, text[end:high]) or re.match(r"\s*(?:is|was)?\s*(?:boring|awful|terrible|overrated)", after):
@@ -383,7 +411,7 @@ class MessageInterpreter:
             count = self.value_counts.get((mention.field, mention.value.lower()), 0)
             if mention.field in self.filter_fields:
                 count += 1_000_000  # prefer a field that can be filtered on
-            polarity = "dislike" if _polarity(text, mention.start, mention.end) == "dislike" else "like"
+            polarity = "dislike" if _polarity(text, mention.start, mention.end, neutral=False) == "dislike" else "like"
             key = mention.value.lower()
             requested = _requested(text, mention.start, mention.end) or (key in by_value and
                                                                        by_value[key][1].requested)
@@ -403,7 +431,8 @@ class MessageInterpreter:
                 if hit:
                     break
             if hit and hit[1] not in by_value:
-                polarity = "dislike" if _polarity(text, match.start(), match.end()) == "dislike" else "like"
+                polarity = ("dislike" if _polarity(text, match.start(), match.end(), neutral=False) == "dislike"
+                            else "like")
                 by_value[hit[1]] = (0, AttributeSignal(hit[0], hit[1], polarity, match.group(0), match.start(),
                                                        match.end(), _requested(text, match.start(), match.end())),
                                     match.start())
@@ -436,8 +465,8 @@ class MessageInterpreter:
                     if m.item_id in self.catalog and not unsafe_title(self.catalog[m.item_id].title)]
         # Polarity and requests are read with fragments joined to their sentence ("I'm no fan of X. Or Y.").
         joined = _join_fragments(text)
-        items = [ItemSignal(m.item_id, _polarity(joined, m.start, m.end), m.surface) for m in mentions]
         title_spans = [(m.start, m.end) for m in mentions]
+        items = [ItemSignal(m.item_id, _polarity(joined, m.start, m.end, title_spans), m.surface) for m in mentions]
         attributes = [a for a in self._attributes(joined, title_spans) if not unsafe_value(a.value)]
         for attribute in attributes:
             if attribute.requested and self._describes_title(text, attribute, mentions):
@@ -463,7 +492,7 @@ class MessageInterpreter:
         reaction: Literal["like", "dislike", "seen"] | None = None
         if has_recommendations and (references or pronoun):
             # "I haven't seen it" is no reaction: neither "seen" nor, for its "not", a dislike.
-            plain = _UNSEEN_CUES.sub(" ", text)
+            plain = _UNSEEN_REACTION_RE.sub(" ", text)
             if plain != text:  # "No, I haven't seen it": the "no" answers whether they have seen it
                 plain = re.sub(r"^\W*(?:no|nope|nah)\b", " ", plain, flags=re.IGNORECASE)
             if _SEEN_CUES.search(plain):

@@ -73,19 +73,30 @@ def test_a_negation_reaches_only_as_far_as_a_new_liking(movies: MessageInterpret
 
 def test_not_having_seen_an_item_is_neither_a_dislike_nor_seen(movies: MessageInterpreter) -> None:
     """"I haven't seen X" says the user does not know X: nothing about their taste, and X may be recommended."""
+    def polarities(text: str) -> list[str]:
+        return [s.polarity for s in movies.interpret(text, False).items]
+
     for text in ("I haven't seen Heat (1995)", "I have not seen Heat (1995) yet", "Never heard of Heat (1995)",
                  "No, I cannot say that I've even heard of Heat (1995) but it sounds intriguing",
-                 "I've never watched Heat (1995)", "I don't think I've seen Heat (1995)"):
-        assert [s.polarity for s in movies.interpret(text, False).items] == ["unseen"], text
+                 "I've never watched Heat (1995)", "I don't think I've seen Heat (1995)",
+                 "Heat (1995)? Never seen it", "I never got around to watching Heat (1995)",
+                 "I'm not familiar with Heat (1995)", "I'm not sure about Heat (1995)"):
+        assert polarities(text) == ["neutral"], text
+    assert polarities("I haven't seen Heat (1995) or Titanic (1997)") == ["neutral", "neutral"]
     # A later cue in the same clause still counts, and so does a dislike elsewhere in the message.
     u = movies.interpret("I haven't seen Heat (1995) and I hate Titanic (1997)", False)
     assert [(_title(movies, s.item_id), s.polarity) for s in u.items] == [
-        ("Heat (1995)", "unseen"), ("Titanic (1997)", "dislike")]
-    # A hedge is not a negation: "not sure. Yes, X was very good".
-    assert [s.polarity for s in movies.interpret("Hmm, not sure Yes, Heat (1995) was a very good movie",
-                                                 False).items] == ["like"]
-    # Habits stay dislikes: "I never watch X-like films" is not "I have never seen X".
-    assert [s.polarity for s in movies.interpret("I don't like Titanic (1997)", False).items] == ["dislike"]
+        ("Heat (1995)", "neutral"), ("Titanic (1997)", "dislike")]
+    # Not about knowing the item: these keep their reading.
+    for text, polarity in (("I never saw the appeal of Titanic (1997)", "dislike"),
+                           ("I hated Titanic (1997), never watched it again", "dislike"),
+                           ("I loved Heat (1995), never seen anything like it", "like"),
+                           ("I don't like Titanic (1997)", "dislike")):
+        assert polarities(text) == [polarity], text
+    # Genres keep the older reading: not having seen any horror is no wish for horror.
+    u = movies.interpret("I have not seen any horror movies, something funny please", False)
+    assert ("horror", "like") not in [(a.value, a.polarity) for a in u.attributes]
+    assert "dislike" in [a.polarity for a in movies.interpret("I'm not so sure about horror", False).attributes]
 
 
 def test_not_having_seen_a_recommendation_is_no_reaction(movies: MessageInterpreter) -> None:
@@ -93,6 +104,7 @@ def test_not_having_seen_a_recommendation_is_no_reaction(movies: MessageInterpre
         u = movies.interpret(text, True)
         assert u.reaction is None and u.act != "feedback", text
     assert movies.interpret("I've seen the second one", True).reaction == "seen"
+    assert movies.interpret("I never saw the appeal of the first one", True).reaction == "dislike"
 
 
 def test_references_to_earlier_recommendations(movies: MessageInterpreter) -> None:
