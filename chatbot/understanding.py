@@ -218,13 +218,13 @@ def _negated(before: str, after: str) -> bool:
                 or (degree and re.search(r"\blike\b", later, re.IGNORECASE)))
 
 
-def _polarity(text: str, start: int, end: int, titles: Sequence[tuple[int, int]] = (),
-              neutral: bool = True) -> Polarity:
+def _polarity(text: str, start: int, end: int, untitled: str | None = None, neutral: bool = True) -> Polarity:
     """Like, dislike or seen, from cue words in the mention's own clause before the mention (or just after).
 
     With ``neutral`` (items), a mention that says nothing of the user's taste is "neutral": not knowing it
-    ("I haven't seen X", "never heard of X or Y"; ``titles`` are the spans of other mentions, skipped between
-    the cue and this one) or a hedge ("not sure about X"). Attributes keep the older reading.
+    ("I haven't seen X", "never heard of X or Y"; ``untitled`` is ``text`` with the linked titles blanked,
+    so that other titles between the cue and this one count as filler) or a hedge ("not sure about X").
+    Attributes keep the older reading.
     """
     low, high = _clause_of(text, start)
     before = text[low:start]
@@ -232,11 +232,7 @@ def _polarity(text: str, start: int, end: int, titles: Sequence[tuple[int, int]]
     if neutral:
         cues = list(_UNSEEN_CUES.finditer(before))
         if cues:
-            gap = text[low + cues[-1].end():start]
-            for t_start, t_end in sorted(titles, reverse=True):
-                if low + cues[-1].end() <= t_start and t_end <= start:
-                    gap = gap[: t_start - low - cues[-1].end()] + gap[t_end - low - cues[-1].end():]
-            if _UNSEEN_FILLER_RE.match(gap):
+            if _UNSEEN_FILLER_RE.match((untitled or text)[low + cues[-1].end():start]):
                 return "neutral"
         elif (not _NEGATIVE_CUES.search(before) and not _TASTE_BEFORE_RE.search(before)
               and _UNSEEN_AFTER_RE.match(text[end:end + 40])):
@@ -303,18 +299,26 @@ _FRAGMENT_RE = re.compile(r"(?:and|or|nor|also|plus)\s+(?:[\w'():&-]+\s*){1,6}(?
 _SENTENCE_END_RE = re.compile(r"[.!?]+")
 
 
+def _blanked(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` with each span replaced by spaces (same length, so that positions hold)."""
+    out = list(text)
+    for start, end in spans:
+        out[start:end] = " " * (end - start)
+    return "".join(out)
+
+
 def _join_fragments(text: str) -> str:
     """``text`` with the end of a sentence blanked where the next sentence is only a fragment that adds to
     it (same length, so that positions hold)."""
-    out = list(text)
     ends = list(_SENTENCE_END_RE.finditer(text))
+    joins = []
     for n, end in enumerate(ends):
         stop = ends[n + 1].start() if n + 1 < len(ends) else len(text)
         fragment = text[end.end():stop].strip()
         if _FRAGMENT_RE.fullmatch(fragment) and not re.search(r"\bi\b|\bi'", fragment, re.IGNORECASE) \
                 and not _REQUEST_RE.search(fragment):
-            out[end.start():end.end()] = " " * (end.end() - end.start())
-    return "".join(out)
+            joins.append(end.span())
+    return _blanked(text, joins)
 
 
 # A yes/no question about a thing named or pointed at ("Is that the one with X?", "It's not a horror, is it?",
@@ -466,7 +470,8 @@ class MessageInterpreter:
         # Polarity and requests are read with fragments joined to their sentence ("I'm no fan of X. Or Y.").
         joined = _join_fragments(text)
         title_spans = [(m.start, m.end) for m in mentions]
-        items = [ItemSignal(m.item_id, _polarity(joined, m.start, m.end, title_spans), m.surface) for m in mentions]
+        untitled = _blanked(joined, title_spans)
+        items = [ItemSignal(m.item_id, _polarity(joined, m.start, m.end, untitled), m.surface) for m in mentions]
         attributes = [a for a in self._attributes(joined, title_spans) if not unsafe_value(a.value)]
         for attribute in attributes:
             if attribute.requested and self._describes_title(text, attribute, mentions):
